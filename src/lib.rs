@@ -1,0 +1,2 @@
+//! medchange: medication-change prediction service.
+pub mod ml;

@@ -1,0 +1,3 @@
+//! Models and their data: vocabularies, encodings, splits, metrics, MICRON,
+//! baselines and invertible residual density models.
+pub mod data;
