@@ -1,3 +1,4 @@
 //! Models and their data: vocabularies, encodings, splits, metrics, MICRON,
 //! baselines and invertible residual density models.
 pub mod data;
+pub mod metrics;
