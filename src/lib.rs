@@ -1,2 +1,14 @@
 //! medchange: medication-change prediction service.
+//!
+//! `app::app` builds the HTTP application that `main` serves and every
+//! integration test calls in-process.
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod domain;
+pub mod http;
 pub mod ml;
+pub mod pgcluster;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,107 @@
+//! Application state and the router, shared by `main` and every test.
+use std::sync::Arc;
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::{HeaderName, StatusCode, header},
+    middleware::{self, Next},
+    response::Response,
+};
+use sqlx::PgPool;
+use tower_http::{
+    catch_panic::CatchPanicLayer,
+    compression::CompressionLayer,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer},
+    timeout::TimeoutLayer,
+    trace::{DefaultOnResponse, TraceLayer},
+};
+use tracing::Level;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::{
+    config::HttpArgs,
+    http::{
+        self,
+        error::{PROBLEM_JSON, Problem, problem_for_status, problem_response},
+        metrics::HttpMetrics,
+    },
+};
+
+/// Everything a handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub http: Arc<HttpArgs>,
+    pub metrics: Arc<HttpMetrics>,
+}
+
+impl AppState {
+    pub fn new(db: PgPool, http: HttpArgs) -> Self {
+        Self { db, http: Arc::new(http), metrics: Arc::default() }
+    }
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let (router, doc) = http::split();
+    let body_limit = state.http.body_limit;
+    let timeout = state.http.request_timeout();
+    router
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
+        .fallback(|| async { problem_response(&problem_for_status(StatusCode::NOT_FOUND)) })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
+        .layer(middleware::from_fn(move |req, next| problems(body_limit, req, next)))
+        .layer(middleware::from_fn_with_state(state.clone(), http::metrics::track))
+        .layer(CatchPanicLayer::custom(|_| problem_response(&problem_for_status(StatusCode::INTERNAL_SERVER_ERROR))))
+        .layer(CompressionLayer::new())
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|req: &Request| {
+                    // Route template only: raw paths and queries can carry identifiers.
+                    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
+                    let request_id =
+                        req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                    tracing::info_span!("request", method = %req.method(), route = route.as_deref().unwrap_or("unmatched"),
+                        request_id = %request_id, key_id = tracing::field::Empty)
+                })
+                .on_request(())
+                .on_response(DefaultOnResponse::new().level(Level::INFO).latency_unit(tower_http::LatencyUnit::Micros)),
+        )
+        .layer(SetRequestIdLayer::new(REQUEST_ID.clone(), MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Makes every error response problem+json carrying the request id:
+/// router 404/405, timeouts, body-limit rejections and our own problems.
+async fn problems(body_limit: usize, req: Request, next: Next) -> Response {
+    let request_id = req.extensions().get::<RequestId>().and_then(|r| r.header_value().to_str().ok()).map(String::from);
+    let res = next.run(req).await;
+    let status = res.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return res;
+    }
+    let is_problem = res.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == PROBLEM_JSON.as_bytes());
+    let (mut parts, body) = res.into_parts();
+    let mut problem: Problem = if is_problem {
+        match axum::body::to_bytes(body, 1 << 20).await.ok().and_then(|b| serde_json::from_slice(&b).ok()) {
+            Some(p) => p,
+            None => problem_for_status(status),
+        }
+    } else {
+        problem_for_status(status)
+    };
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        problem.detail = format!("the request body exceeds the limit of {body_limit} bytes");
+    }
+    problem.request_id = request_id;
+    let fresh = problem_response(&problem);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_TYPE, fresh.headers()[header::CONTENT_TYPE].clone());
+    Response::from_parts(parts, fresh.into_body())
+}
+

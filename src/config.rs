@@ -1,0 +1,136 @@
+//! Command line and environment configuration (clap derive, `env` on every
+//! field). Secrets are wrapped in [`Secret`] so `Debug` never prints them.
+use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A string that never shows in `Debug` or `Display` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "medchange", version, about = "Medication-change prediction service")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to run; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// PostgreSQL URL. Without it, a project-local cluster is started under
+    /// the data directory (initdb/pg_ctl from the installed server).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<Secret>,
+    /// Folder for local state: the project-local PostgreSQL cluster.
+    #[arg(long, env = "MEDCHANGE_HOME", default_value = ".medchange", global = true)]
+    pub home: PathBuf,
+    /// Log format: `auto` is pretty on a terminal and JSON otherwise.
+    #[arg(long, env = "MEDCHANGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
+    pub log_format: LogFormat,
+    /// Maximum database connections in the pool.
+    #[arg(long, env = "MEDCHANGE_DB_POOL", default_value_t = 16, global = true)]
+    pub db_pool: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default).
+    Serve(ServeArgs),
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Write the OpenAPI document (to openapi/openapi.json by default).
+    Openapi {
+        /// Output file; `-` for standard output.
+        #[arg(long, default_value = "openapi/openapi.json")]
+        out: PathBuf,
+    },
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print it once.
+    Create {
+        #[arg(long, value_enum)]
+        role: crate::domain::Role,
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "MEDCHANGE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Admin key to install on first start instead of generating one.
+    #[arg(long, env = "MEDCHANGE_ADMIN_KEY")]
+    pub admin_key: Option<Secret>,
+    #[command(flatten)]
+    pub http: HttpArgs,
+}
+
+impl Default for ServeArgs {
+    fn default() -> Self {
+        Self { bind: "127.0.0.1:8080".parse().unwrap(), admin_key: None, http: HttpArgs::default() }
+    }
+}
+
+/// Limits applied to every HTTP request.
+#[derive(Debug, Clone, Args)]
+pub struct HttpArgs {
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "MEDCHANGE_BODY_LIMIT", default_value_t = 2 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Time limit for one request, in seconds.
+    #[arg(long, env = "MEDCHANGE_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout_secs: f64,
+}
+
+impl Default for HttpArgs {
+    fn default() -> Self {
+        Self { body_limit: 2 * 1024 * 1024, request_timeout_secs: 30.0 }
+    }
+}
+
+impl HttpArgs {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout_secs.max(0.001))
+    }
+}

@@ -1,0 +1,6 @@
+//! SQL, one module per aggregate. Functions take an executor so callers
+//! choose the transaction.
+pub mod idempotency;
+pub mod keys;
+pub mod patients;
+pub mod visits;

@@ -1,0 +1,14 @@
+//! Integration tests against a real PostgreSQL: every test gets its own
+//! database from `#[sqlx::test]` (DATABASE_URL names the server).
+mod auth;
+mod concurrency;
+mod errors;
+mod helpers;
+mod idempotency;
+mod keys;
+mod openapi;
+mod operations;
+mod patients;
+mod validation;
+mod visits;
+mod zero_config;
