@@ -2,3 +2,4 @@
 //! baselines and invertible residual density models.
 pub mod data;
 pub mod metrics;
+pub mod rng;
