@@ -2,4 +2,5 @@
 //! baselines and invertible residual density models.
 pub mod data;
 pub mod metrics;
+pub mod formats;
 pub mod rng;
