@@ -277,6 +277,28 @@ pub fn evaluate(patients: &[PatientPrediction], ddi: &DdiMatrix, opts: MetricOpt
     }
 }
 
+/// One step of the inference recurrence's set update: start from `prev`,
+/// add every j with `probs[j] >= add`, then remove every j with
+/// `probs[j] < remove` (the reference's order: removal wins if the
+/// thresholds cross). Returns the sorted new set.
+pub fn apply_thresholds(prev: &[u32], probs: &[f32], add: f32, remove: f32) -> Vec<u32> {
+    let mut on = vec![false; probs.len()];
+    for &j in prev {
+        if let Some(x) = on.get_mut(j as usize) {
+            *x = true;
+        }
+    }
+    for (x, &p) in on.iter_mut().zip(probs) {
+        if p >= add {
+            *x = true;
+        }
+        if p < remove {
+            *x = false;
+        }
+    }
+    on.iter().enumerate().filter(|(_, x)| **x).map(|(j, _)| j as u32).collect()
+}
+
 /// Copy-previous baseline predictions for encoded medication sets of each
 /// patient (`meds[p][t]` = true set of visit t): visit t >= 1 predicts the
 /// true set of visit t - 1, probabilities 1 on it and 0 elsewhere, and prev
@@ -456,6 +478,61 @@ mod tests {
         // a patient with a single scored visit is the same either way
         let one = &patients[1..2];
         assert_eq!(evaluate(one, &ddi, MetricOptions::CLEAN), evaluate(one, &ddi, MetricOptions::REFERENCE));
+    }
+
+    /// The demo fixture run through a re-enactment of the reference eval()
+    /// loop in Python (numpy 2.4.6, sklearn 1.9.1), with a fake probability
+    /// source p(patient, t, j) = ((7 patient + 31 t + 17 j) mod 100) / 100 and
+    /// thresholds 0.8 / 0.2; "reference" keeps its aliasing of `y_old`.
+    #[test]
+    fn evaluate_matches_reference_loop_on_demo_fixture() {
+        use crate::ml::formats::{read_ddi_csv, read_micron_layout};
+        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/micron-layout/mimic3-demo"));
+        let (patients, voc) = read_micron_layout(dir).unwrap();
+        let (ddi, skipped) = DdiMatrix::from_pairs(&read_ddi_csv(&dir.join("ddi_atc3_pairs.csv")).unwrap(), &voc.med);
+        assert_eq!(skipped, 0);
+        let n = voc.med.len();
+        let preds: Vec<PatientPrediction> = patients
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.visits.len() >= 2)
+            .map(|(pi, p)| {
+                let encode = |t: usize| {
+                    let mut v: Vec<u32> =
+                        p.visits[t].medications.as_ref().unwrap().iter().map(|c| voc.med.get(c).unwrap()).collect();
+                    v.sort_unstable();
+                    v
+                };
+                let mut prev = encode(0);
+                let mut visits = Vec::new();
+                for t in 1..p.visits.len() {
+                    let probs: Vec<f32> =
+                        (0..n).map(|j| (((pi * 7 + t * 31 + j * 17) % 100) as f64 / 100.0) as f32).collect();
+                    let predicted = apply_thresholds(&prev, &probs, 0.8, 0.2);
+                    visits.push(VisitPrediction { truth: encode(t), predicted: predicted.clone(), probs, prev });
+                    prev = predicted;
+                }
+                PatientPrediction { visits }
+            })
+            .collect();
+        let near = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let m = evaluate(&preds, &ddi, MetricOptions::CLEAN);
+        let want = [0.07926879252397738, 0.3033510036808449, 0.26613585047254534, 0.38203085759743105, 0.6206535236634724, 0.45761435490424757, 15.353146853146853, 10.031468531468532, 31.2];
+        let got = [m.ddi_rate, m.jaccard, m.prauc, m.precision, m.recall, m.f1, m.err_add, m.err_remove, m.avg_med];
+        assert!(got.iter().zip(want).all(|(g, w)| near(*g, w)), "{got:?}");
+        assert_eq!((m.patients, m.visits), (11, 25));
+        let q = evaluate(&preds, &ddi, MetricOptions::REFERENCE);
+        let want = [0.07926879252397738, 0.2916260414452463, 0.26613585047254534, 0.36940777806258684, 0.6001095115883598, 0.4419123299241505, 15.353146853146853, 10.031468531468532, 31.2];
+        let got = [q.ddi_rate, q.jaccard, q.prauc, q.precision, q.recall, q.f1, q.err_add, q.err_remove, q.avg_med];
+        assert!(got.iter().zip(want).all(|(g, w)| near(*g, w)), "{got:?}");
+    }
+
+    #[test]
+    fn thresholds_update_the_previous_set() {
+        let probs = [0.9, 0.5, 0.1, 0.85, 0.3];
+        assert_eq!(apply_thresholds(&[1, 2, 4], &probs, 0.8, 0.2), vec![0, 1, 3, 4]);
+        // crossed thresholds: removal wins, as in the reference
+        assert_eq!(apply_thresholds(&[], &probs, 0.2, 0.95), Vec::<u32>::new());
     }
 
     #[test]
