@@ -61,6 +61,46 @@ impl Default for SynthConfig {
     }
 }
 
+/// A configuration the generator cannot honour.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("synth config: {0}")]
+pub struct SynthConfigError(pub String);
+
+impl SynthConfig {
+    /// Checks the ranges the generator supports: code universes large
+    /// enough for conditions and small enough for their code formats
+    /// (diagnoses 50..=50000, procedures 10..=5000, medications 20..=2000),
+    /// 2 <= mean_visits <= max_visits, non-negative code means.
+    pub fn validate(&self) -> Result<(), SynthConfigError> {
+        let err = |m: String| Err(SynthConfigError(m));
+        for (name, v, lo, hi) in [
+            ("diag_codes", self.diag_codes, 50, 50_000),
+            ("proc_codes", self.proc_codes, 10, 5_000),
+            ("med_codes", self.med_codes, 20, 2_000),
+        ] {
+            if v < lo || v > hi {
+                return err(format!("{name} = {v}, expected {lo}..={hi}"));
+            }
+        }
+        if self.max_visits < 2 || !(2.0..=self.max_visits as f64).contains(&self.mean_visits) {
+            return err(format!(
+                "mean_visits = {} and max_visits = {}: need 2 <= mean_visits <= max_visits",
+                self.mean_visits, self.max_visits
+            ));
+        }
+        for (name, v) in [
+            ("mean_diagnoses", self.mean_diagnoses),
+            ("mean_procedures", self.mean_procedures),
+            ("mean_medications", self.mean_medications),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return err(format!("{name} = {v}, expected a finite non-negative number"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A generated cohort: patients (ids `synth-000001`, ...) and the
 /// interacting medication code pairs.
 #[derive(Clone, Debug, PartialEq)]
@@ -305,6 +345,9 @@ struct PatientGen<'a> {
 
 impl PatientGen<'_> {
     fn onset(&self, rng: &mut Rng, active: &mut Vec<(usize, Vec<usize>)>) {
+        if self.chronic_ids.is_empty() {
+            return;
+        }
         let c = self.chronic_ids[rng.weighted(self.chronic_cum)];
         if active.iter().any(|(x, _)| *x == c) {
             return;
@@ -312,7 +355,7 @@ impl PatientGen<'_> {
         let cond = &self.world.conditions[c];
         let mut standing: Vec<usize> = cond.meds.iter().filter(|(_, p)| rng.chance(*p)).map(|(m, _)| *m).collect();
         if standing.is_empty() {
-            standing.push(cond.meds[0].0);
+            standing.extend(cond.meds.first().map(|(m, _)| *m));
         }
         // a standing regimen avoids interactions with the other regimens
         let others: Vec<usize> = active.iter().flat_map(|(_, s)| s.iter().copied()).collect();
@@ -336,7 +379,8 @@ impl PatientGen<'_> {
                 }
             }
             let mut acute: Vec<usize> = acute_prev.iter().copied().filter(|_| rng.chance(ACUTE_CARRIES_OVER)).collect();
-            for _ in 0..rng.poisson(ACUTE_PER_VISIT).max(1) {
+            let n_acute = if self.acute_ids.is_empty() { 0 } else { rng.poisson(ACUTE_PER_VISIT).max(1) };
+            for _ in 0..n_acute {
                 let c = self.acute_ids[rng.weighted(self.acute_cum)];
                 if !acute.contains(&c) {
                     acute.push(c);
@@ -468,7 +512,8 @@ fn visit_count(rng: &mut Rng, cfg: &SynthConfig) -> usize {
 }
 
 /// Generates a cohort. Deterministic for a given configuration.
-pub fn generate(cfg: &SynthConfig) -> SynthCohort {
+pub fn generate(cfg: &SynthConfig) -> Result<SynthCohort, SynthConfigError> {
+    cfg.validate()?;
     let mut rng = Rng::new(cfg.seed);
     let world = build_world(cfg, &mut rng);
     let (mut chronic_ids, mut acute_ids) = (Vec::new(), Vec::new());
@@ -514,7 +559,7 @@ pub fn generate(cfg: &SynthConfig) -> SynthCohort {
             }
         }
     }
-    SynthCohort { patients, ddi_pairs, world }
+    Ok(SynthCohort { patients, ddi_pairs, world })
 }
 
 impl SynthCohort {
@@ -540,6 +585,31 @@ impl SynthCohort {
             })
             .collect()
     }
+}
+
+/// Files written by [`write_cohort`], inside the output directory.
+pub const COHORT_FILES: [&str; 4] = ["patients.jsonl", "ddi_pairs.csv", "records.json", "voc.json"];
+
+/// Writes a cohort into `dir` (created if missing): native JSON lines
+/// (`patients.jsonl`), the interacting pairs (`ddi_pairs.csv`) and the
+/// MICRON research layout (`records.json`, `voc.json`). Returns the paths.
+pub fn write_cohort(cohort: &SynthCohort, dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let (records, voc) = super::formats::write_micron_layout(&cohort.patients, None)
+        .expect("a vocabulary built from the patients covers them");
+    let contents = [
+        super::formats::write_native_jsonl(&cohort.to_native()),
+        super::formats::write_ddi_csv(&cohort.ddi_pairs),
+        records,
+        voc,
+    ];
+    let mut paths = Vec::new();
+    for (name, text) in COHORT_FILES.iter().zip(contents) {
+        let path = dir.join(name);
+        std::fs::write(&path, text)?;
+        paths.push(path);
+    }
+    Ok(paths)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch.
@@ -735,7 +805,7 @@ mod tests {
     /// previous visit is clearly beaten by reading the diagnoses.
     #[test]
     fn default_cohort_shape_and_baselines() {
-        let c = generate(&SynthConfig::default());
+        let c = generate(&SynthConfig::default()).unwrap();
         let s = cohort_stats(&c.patients, &c.ddi_pairs);
         eprintln!("{s:#?}");
         let near = |x: f64, want: f64, tol: f64| (x - want).abs() <= tol;
@@ -759,10 +829,10 @@ mod tests {
     #[test]
     fn deterministic_for_a_seed() {
         let cfg = SynthConfig { patients: 200, ..Default::default() };
-        let (a, b) = (generate(&cfg), generate(&cfg));
+        let (a, b) = (generate(&cfg).unwrap(), generate(&cfg).unwrap());
         assert_eq!(a.patients, b.patients);
         assert_eq!(a.ddi_pairs, b.ddi_pairs);
-        let c = generate(&SynthConfig { seed: 7, ..cfg.clone() });
+        let c = generate(&SynthConfig { seed: 7, ..cfg.clone() }).unwrap();
         assert_ne!(a.patients, c.patients);
         assert_eq!(a.patients[0].id, "synth-000001");
         // a fixed fingerprint: changes to the generator must be deliberate
@@ -773,7 +843,7 @@ mod tests {
 
     #[test]
     fn codes_look_like_their_systems_and_pass_validation() {
-        let c = generate(&SynthConfig { patients: 300, ..Default::default() });
+        let c = generate(&SynthConfig { patients: 300, ..Default::default() }).unwrap();
         let atc = |s: &str| {
             let b = s.as_bytes();
             b.len() == 4 && b[0].is_ascii_uppercase() && b[1].is_ascii_digit() && b[2].is_ascii_digit() && b[3].is_ascii_uppercase()
@@ -807,6 +877,49 @@ mod tests {
         let back = crate::ml::formats::parse_native_jsonl("synth.jsonl", &text).unwrap();
         assert_eq!(back.iter().map(|p| p.to_raw()).collect::<Vec<_>>(), c.patients);
         assert_eq!(back[0].visits[0].occurred_at.as_deref(), Some("2130-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn small_and_invalid_configs() {
+        let tiny = SynthConfig {
+            patients: 30,
+            diag_codes: 50,
+            proc_codes: 10,
+            med_codes: 20,
+            mean_visits: 3.0,
+            max_visits: 5,
+            ..Default::default()
+        };
+        let c = generate(&tiny).unwrap();
+        assert_eq!(c.patients.len(), 30);
+        assert!(c.patients.iter().all(|p| (2..=5).contains(&p.visits.len())));
+        for bad in [
+            SynthConfig { med_codes: 5, ..Default::default() },
+            SynthConfig { mean_visits: 1.5, ..Default::default() },
+            SynthConfig { max_visits: 1, ..Default::default() },
+            SynthConfig { mean_diagnoses: f64::NAN, ..Default::default() },
+            SynthConfig { proc_codes: 100_000, ..Default::default() },
+        ] {
+            assert!(generate(&bad).is_err(), "{bad:?}");
+        }
+        let none = generate(&SynthConfig { patients: 0, ..Default::default() }).unwrap();
+        assert!(none.patients.is_empty() && !none.ddi_pairs.is_empty());
+    }
+
+    #[test]
+    fn write_cohort_files_read_back() {
+        use crate::ml::formats::{read_ddi_csv, read_micron_layout, read_native_jsonl};
+        let c = generate(&SynthConfig { patients: 50, ..Default::default() }).unwrap();
+        let dir = std::env::temp_dir().join(format!("medchange-synth-test-{}", std::process::id()));
+        let paths = write_cohort(&c, &dir).unwrap();
+        assert_eq!(paths.len(), 4);
+        let native = read_native_jsonl(&dir.join("patients.jsonl")).unwrap();
+        assert_eq!(native.iter().map(|p| p.to_raw()).collect::<Vec<_>>(), c.patients);
+        assert_eq!(read_ddi_csv(&dir.join("ddi_pairs.csv")).unwrap(), c.ddi_pairs);
+        let (layout, _) = read_micron_layout(&dir).unwrap();
+        assert_eq!(layout.len(), 50);
+        assert_eq!(layout[3].visits, c.patients[3].visits);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
