@@ -311,11 +311,7 @@ impl Vocabularies {
         Visit {
             diag: encode_set(&self.diag, &visit.diagnoses, &mut unknown.diag),
             proc: encode_set(&self.proc, &visit.procedures, &mut unknown.proc),
-            med: visit
-                .medications
-                .as_ref()
-                .map(|m| encode_set(&self.med, m, &mut unknown.med))
-                .unwrap_or_default(),
+            med: visit.medications.as_ref().map(|m| encode_set(&self.med, m, &mut unknown.med)).unwrap_or_default(),
         }
     }
 
@@ -502,10 +498,7 @@ mod tests {
             CodeError { index: 1000, rule: CodeRule::TooMany { count: 1001 } }
         );
         assert!(normalize_codes(&many[..1000]).is_ok());
-        assert_eq!(
-            CodeError { index: 3, rule: CodeRule::Empty }.to_string(),
-            "code 3: empty code"
-        );
+        assert_eq!(CodeError { index: 3, rule: CodeRule::Empty }.to_string(), "code 3: empty code");
     }
 
     #[test]

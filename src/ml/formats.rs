@@ -29,8 +29,8 @@ use serde::de::{DeserializeSeed, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::data::{
-    normalize_codes, CodeError, RawPatient, RawVisit, Split, SplitError, Vocabularies, Vocabulary, UnknownCodes,
-    SPLIT_SEED,
+    CodeError, RawPatient, RawVisit, SPLIT_SEED, Split, SplitError, UnknownCodes, Vocabularies, Vocabulary,
+    normalize_codes,
 };
 
 /// Why a record was rejected.
@@ -168,7 +168,11 @@ fn voc_set(file: &str, name: &str, set: VocSet) -> Result<Vocabulary, FormatErro
             }
             pairs.sort();
             if pairs.iter().enumerate().any(|(n, (i, _))| n != *i) {
-                return Err(FormatError::at(file, 1, Reason::Json(format!("{name}: indices are not 0..{}", pairs.len()))));
+                return Err(FormatError::at(
+                    file,
+                    1,
+                    Reason::Json(format!("{name}: indices are not 0..{}", pairs.len())),
+                ));
             }
             pairs.into_iter().map(|(_, v)| v).collect()
         }
@@ -334,7 +338,10 @@ pub fn read_micron_layout(dir: &Path) -> Result<(Vec<RawPatient>, Vocabularies),
 /// With `voc` = `None` the vocabularies are built from the patients (first
 /// appearance order); with a given vocabulary, codes outside it are an
 /// error listing them. Unknown medications (`None`) are written as `[]`.
-pub fn write_micron_layout(patients: &[RawPatient], voc: Option<&Vocabularies>) -> Result<(String, String), UnknownCodes> {
+pub fn write_micron_layout(
+    patients: &[RawPatient],
+    voc: Option<&Vocabularies>,
+) -> Result<(String, String), UnknownCodes> {
     let built;
     let voc = match voc {
         Some(v) => v,
@@ -505,13 +512,15 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
         let part = b.get(r)?;
-        if part.iter().all(u8::is_ascii_digit) {
-            std::str::from_utf8(part).ok()?.parse().ok()
-        } else {
-            None
-        }
+        if part.iter().all(u8::is_ascii_digit) { std::str::from_utf8(part).ok()?.parse().ok() } else { None }
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let (y, mo, d, h, mi, sec) = (num(0..4)?, num(5..7)?, num(8..10)?, num(11..13)?, num(14..16)?, num(17..19)?);
@@ -629,7 +638,11 @@ pub fn parse_ddi_csv(file: &str, text: &str) -> Result<Vec<(String, String)>, Fo
         if codes.len() != 2 {
             return Err(FormatError::at(file, i + 1, Reason::SelfPair(codes[0].clone())));
         }
-        let key = if codes[0] <= codes[1] { (codes[0].clone(), codes[1].clone()) } else { (codes[1].clone(), codes[0].clone()) };
+        let key = if codes[0] <= codes[1] {
+            (codes[0].clone(), codes[1].clone())
+        } else {
+            (codes[1].clone(), codes[0].clone())
+        };
         if seen.insert(key) {
             pairs.push((codes[0].clone(), codes[1].clone()));
         }
@@ -813,7 +826,14 @@ mod tests {
         assert_eq!(parse_rfc3339("1970-01-02T01:00:00+01:00"), Some(86_400));
         assert_eq!(parse_rfc3339("2000-03-01t00:00:00.123z"), Some(951_868_800));
         assert_eq!(parse_rfc3339("2024-02-29T00:00:00-00:30"), Some(1_709_166_600));
-        for bad in ["2023-02-29T00:00:00Z", "2024-01-01", "2024-01-01T00:00:00", "2024-01-01T24:00:00Z", "2024-01-01T00:00:00.Z", "2024-01-01T00:00:00+0100"] {
+        for bad in [
+            "2023-02-29T00:00:00Z",
+            "2024-01-01",
+            "2024-01-01T00:00:00",
+            "2024-01-01T24:00:00Z",
+            "2024-01-01T00:00:00.Z",
+            "2024-01-01T00:00:00+0100",
+        ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
     }

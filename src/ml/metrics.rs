@@ -246,7 +246,9 @@ pub fn evaluate(patients: &[PatientPrediction], ddi: &DdiMatrix, opts: MetricOpt
             let labels: Vec<bool> = (0..v.probs.len()).map(|j| truth.binary_search(&(j as u32)).is_ok()).collect();
             let prauc = average_precision(&labels, &v.probs);
             let (y, yh, prev) = (sorted_unique(&v.truth), sorted_unique(&v.predicted), sorted_unique(&v.prev));
-            let minus = |a: &[u32], b: &[u32]| -> Vec<u32> { a.iter().copied().filter(|x| b.binary_search(x).is_err()).collect() };
+            let minus = |a: &[u32], b: &[u32]| -> Vec<u32> {
+                a.iter().copied().filter(|x| b.binary_search(x).is_err()).collect()
+            };
             let sym = |a: &[u32], b: &[u32]| a.len() + b.len() - 2 * intersection(a, b);
             let err_add = sym(&minus(&yh, &prev), &minus(&y, &prev));
             let err_remove = sym(&minus(&prev, &yh), &minus(&prev, &y));
@@ -376,7 +378,12 @@ mod tests {
     }
 
     fn vp(truth: &[u32], predicted: &[u32], prev: &[u32], probs: &[f32]) -> VisitPrediction {
-        VisitPrediction { truth: truth.to_vec(), predicted: predicted.to_vec(), prev: prev.to_vec(), probs: probs.to_vec() }
+        VisitPrediction {
+            truth: truth.to_vec(),
+            predicted: predicted.to_vec(),
+            prev: prev.to_vec(),
+            probs: probs.to_vec(),
+        }
     }
 
     fn ddi5() -> DdiMatrix {
@@ -430,7 +437,8 @@ mod tests {
         let prob = |v: usize, j: usize| {
             (((v * 37 + j * 11) % 101) as f64 / 101.0 * 0.5 + 0.3 * (lab(v, j) as u8 as f64) + 0.12) as f32
         };
-        let truths: Vec<Vec<u32>> = (0..300).map(|v| (0..6).filter(|&j| lab(v, j)).map(|j| j as u32).collect()).collect();
+        let truths: Vec<Vec<u32>> =
+            (0..300).map(|v| (0..6).filter(|&j| lab(v, j)).map(|j| j as u32).collect()).collect();
         let probs: Vec<Vec<f32>> = (0..300).map(|v| (0..6).map(|j| prob(v, j)).collect()).collect();
         let (add, remove) = calibrate_thresholds(&truths, &probs, 6);
         assert!((add - 0.8250495).abs() < 1e-6, "{add}");
@@ -474,7 +482,10 @@ mod tests {
         assert!(close(q.recall, ((1.0 / 3.0 + 1.0) / 2.0) / 2.0));
         assert!(close(q.f1, ((1.0 / 3.0 + 0.8) / 2.0) / 2.0));
         // unaffected by the quirk
-        assert_eq!((q.ddi_rate, q.prauc, q.err_add, q.err_remove, q.avg_med), (m.ddi_rate, m.prauc, m.err_add, m.err_remove, m.avg_med));
+        assert_eq!(
+            (q.ddi_rate, q.prauc, q.err_add, q.err_remove, q.avg_med),
+            (m.ddi_rate, m.prauc, m.err_add, m.err_remove, m.avg_med)
+        );
         // a patient with a single scored visit is the same either way
         let one = &patients[1..2];
         assert_eq!(evaluate(one, &ddi, MetricOptions::CLEAN), evaluate(one, &ddi, MetricOptions::REFERENCE));
@@ -487,7 +498,8 @@ mod tests {
     #[test]
     fn evaluate_matches_reference_loop_on_demo_fixture() {
         use crate::ml::formats::{read_ddi_csv, read_micron_layout};
-        let dir = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/micron-layout/mimic3-demo"));
+        let dir =
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/micron-layout/mimic3-demo"));
         let (patients, voc) = read_micron_layout(dir).unwrap();
         let (ddi, skipped) = DdiMatrix::from_pairs(&read_ddi_csv(&dir.join("ddi_atc3_pairs.csv")).unwrap(), &voc.med);
         assert_eq!(skipped, 0);
@@ -517,12 +529,32 @@ mod tests {
             .collect();
         let near = |a: f64, b: f64| (a - b).abs() < 1e-12;
         let m = evaluate(&preds, &ddi, MetricOptions::CLEAN);
-        let want = [0.07926879252397738, 0.3033510036808449, 0.26613585047254534, 0.38203085759743105, 0.6206535236634724, 0.45761435490424757, 15.353146853146853, 10.031468531468532, 31.2];
+        let want = [
+            0.07926879252397738,
+            0.3033510036808449,
+            0.26613585047254534,
+            0.38203085759743105,
+            0.6206535236634724,
+            0.45761435490424757,
+            15.353146853146853,
+            10.031468531468532,
+            31.2,
+        ];
         let got = [m.ddi_rate, m.jaccard, m.prauc, m.precision, m.recall, m.f1, m.err_add, m.err_remove, m.avg_med];
         assert!(got.iter().zip(want).all(|(g, w)| near(*g, w)), "{got:?}");
         assert_eq!((m.patients, m.visits), (11, 25));
         let q = evaluate(&preds, &ddi, MetricOptions::REFERENCE);
-        let want = [0.07926879252397738, 0.2916260414452463, 0.26613585047254534, 0.36940777806258684, 0.6001095115883598, 0.4419123299241505, 15.353146853146853, 10.031468531468532, 31.2];
+        let want = [
+            0.07926879252397738,
+            0.2916260414452463,
+            0.26613585047254534,
+            0.36940777806258684,
+            0.6001095115883598,
+            0.4419123299241505,
+            15.353146853146853,
+            10.031468531468532,
+            31.2,
+        ];
         let got = [q.ddi_rate, q.jaccard, q.prauc, q.precision, q.recall, q.f1, q.err_add, q.err_remove, q.avg_med];
         assert!(got.iter().zip(want).all(|(g, w)| near(*g, w)), "{got:?}");
     }
@@ -538,8 +570,15 @@ mod tests {
     #[test]
     fn evaluate_empty_inputs() {
         assert_eq!(evaluate(&[], &ddi5(), MetricOptions::CLEAN), Metrics::default());
-        let m = evaluate(&[PatientPrediction { visits: vec![vp(&[], &[], &[], &[0.0; 5])] }], &ddi5(), MetricOptions::CLEAN);
-        assert_eq!((m.jaccard, m.precision, m.recall, m.f1, m.prauc, m.ddi_rate, m.avg_med), (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0));
+        let m = evaluate(
+            &[PatientPrediction { visits: vec![vp(&[], &[], &[], &[0.0; 5])] }],
+            &ddi5(),
+            MetricOptions::CLEAN,
+        );
+        assert_eq!(
+            (m.jaccard, m.precision, m.recall, m.f1, m.prauc, m.ddi_rate, m.avg_med),
+            (0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        );
         assert_eq!((m.patients, m.visits), (1, 1));
     }
 
@@ -565,7 +604,8 @@ mod tests {
 
     #[test]
     fn table_and_json() {
-        let m = Metrics { jaccard: 0.5234, ddi_rate: 0.0741, avg_med: 20.8, patients: 2, visits: 3, ..Default::default() };
+        let m =
+            Metrics { jaccard: 0.5234, ddi_rate: 0.0741, avg_med: 20.8, patients: 2, visits: 3, ..Default::default() };
         let t = format_table(&[("MICRON clean", m), ("MICRON quirk", m)]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 3);

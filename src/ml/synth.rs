@@ -389,12 +389,12 @@ impl PatientGen<'_> {
             let mut diags: Vec<usize> = Vec::new();
             let mut procs: Vec<usize> = Vec::new();
             let mut meds: Vec<(usize, Priority)> = Vec::new();
-            let add_med = |m: usize, p: Priority, meds: &mut Vec<(usize, Priority)>| {
-                match meds.iter_mut().find(|(x, _)| *x == m) {
+            let add_med =
+                |m: usize, p: Priority, meds: &mut Vec<(usize, Priority)>| match meds.iter_mut().find(|(x, _)| *x == m)
+                {
                     Some(e) => e.1 = e.1.max(p),
                     None => meds.push((m, p)),
-                }
-            };
+                };
             for (c, standing) in &chronic {
                 let cond = &w.conditions[*c];
                 emit(rng, &cond.diags, DIAG_EMIT, &mut diags);
@@ -703,7 +703,8 @@ pub struct CohortStats {
 pub fn cohort_stats(patients: &[RawPatient], ddi_pairs: &[(String, String)]) -> CohortStats {
     let mut s = CohortStats { patients: patients.len(), ..Default::default() };
     let (mut d, mut p, mut m) = (HashSet::new(), HashSet::new(), HashSet::new());
-    let pairs: HashSet<(&str, &str)> = ddi_pairs.iter().flat_map(|(a, b)| [(a.as_str(), b.as_str()), (b.as_str(), a.as_str())]).collect();
+    let pairs: HashSet<(&str, &str)> =
+        ddi_pairs.iter().flat_map(|(a, b)| [(a.as_str(), b.as_str()), (b.as_str(), a.as_str())]).collect();
     let (mut sum_d, mut sum_p, mut sum_m, mut med_visits) = (0usize, 0usize, 0usize, 0usize);
     let (mut added, mut removed, mut kept, mut transitions) = (0usize, 0usize, 0usize, 0usize);
     let (mut all_pairs, mut bad_pairs) = (0u64, 0u64);
@@ -759,7 +760,7 @@ pub fn cohort_stats(patients: &[RawPatient], ddi_pairs: &[(String, String)]) -> 
 mod tests {
     use super::*;
     use crate::ml::data::{DdiMatrix, Vocabularies};
-    use crate::ml::metrics::{copy_previous, evaluate, MetricOptions, PatientPrediction, VisitPrediction};
+    use crate::ml::metrics::{MetricOptions, PatientPrediction, VisitPrediction, copy_previous, evaluate};
 
     /// (copy-previous, oracle) metrics over every patient of a cohort.
     fn baselines(c: &SynthCohort) -> (crate::ml::metrics::Metrics, crate::ml::metrics::Metrics) {
@@ -788,12 +789,18 @@ mod tests {
                     .windows(2)
                     .map(|w| {
                         let prev = enc(w[0].medications.as_deref().unwrap_or(&[]));
-                        let predicted = enc(&oracle.predict(&w[1].diagnoses, w[0].medications.as_deref().unwrap_or(&[])));
+                        let predicted =
+                            enc(&oracle.predict(&w[1].diagnoses, w[0].medications.as_deref().unwrap_or(&[])));
                         let mut probs = vec![0.0; n_med];
                         for &j in &predicted {
                             probs[j as usize] = 1.0;
                         }
-                        VisitPrediction { truth: enc(w[1].medications.as_deref().unwrap_or(&[])), predicted, probs, prev }
+                        VisitPrediction {
+                            truth: enc(w[1].medications.as_deref().unwrap_or(&[])),
+                            predicted,
+                            probs,
+                            prev,
+                        }
                     })
                     .collect(),
             })
@@ -846,7 +853,11 @@ mod tests {
         let c = generate(&SynthConfig { patients: 300, ..Default::default() }).unwrap();
         let atc = |s: &str| {
             let b = s.as_bytes();
-            b.len() == 4 && b[0].is_ascii_uppercase() && b[1].is_ascii_digit() && b[2].is_ascii_digit() && b[3].is_ascii_uppercase()
+            b.len() == 4
+                && b[0].is_ascii_uppercase()
+                && b[1].is_ascii_digit()
+                && b[2].is_ascii_digit()
+                && b[3].is_ascii_uppercase()
         };
         let icd9 = |s: &str| {
             let (head, rest) = s.split_at(1);
