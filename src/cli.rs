@@ -1,5 +1,5 @@
 //! The `medchange` command line.
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
 use clap::Parser;
@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::{
     app::{AppState, app},
-    config::{Cli, Command, GlobalArgs, KeysCommand, ServeArgs},
+    config::{Cli, Command, GlobalArgs, ImportCommand, KeysCommand, ServeArgs},
     db, pgcluster::LocalCluster, store, telemetry,
 };
 
@@ -60,6 +60,31 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop(&mut cluster);
             eprintln!("created {} key {} ({}); the secret is shown once:", role.as_str(), key.id, key.name);
             println!("{secret}");
+            Ok(())
+        }
+        Command::Import { what } => {
+            let (pool, mut cluster) = database(&cli.global).await?;
+            db::migrate(&pool).await?;
+            let show = std::io::stderr().is_terminal();
+            let result = match what {
+                ImportCommand::Native { file, source } => crate::import::native(&pool, &file, &source, show).await,
+                ImportCommand::Micron { dir, source } => crate::import::micron(&pool, &dir, &source, show).await,
+                ImportCommand::Ddi { file, source } => crate::import::ddi(&pool, &file, &source, show).await,
+            };
+            pool.close().await;
+            stop(&mut cluster);
+            eprintln!("{}", result?);
+            Ok(())
+        }
+        Command::Synth(args) => {
+            let cfg = crate::ml::synth::SynthConfig { seed: args.seed, patients: args.patients, ..Default::default() };
+            let cohort = crate::ml::synth::generate(&cfg).map_err(|e| anyhow::anyhow!("{}", e.0))?;
+            let files = crate::ml::synth::write_cohort(&cohort, &args.out)?;
+            let visits: usize = cohort.patients.iter().map(|p| p.visits.len()).sum();
+            eprintln!("generated {} patients, {visits} visits, {} interacting pairs (seed {})", cohort.patients.len(), cohort.ddi_pairs.len(), args.seed);
+            for f in files {
+                eprintln!("  wrote {}", f.display());
+            }
             Ok(())
         }
         Command::Serve(args) => serve(&cli.global, args).await,

@@ -76,11 +76,53 @@ pub enum Command {
         #[arg(long, default_value = "openapi/openapi.json")]
         out: PathBuf,
     },
+    /// Load patients, visits or interaction pairs from files into the database.
+    Import {
+        #[command(subcommand)]
+        what: ImportCommand,
+    },
+    /// Generate a synthetic cohort (native JSON lines, MICRON layout and DDI pairs).
+    Synth(SynthArgs),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// The native JSON-lines format: one patient per line,
+    /// `{"external_id", "source"?, "visits": [{"occurred_at"?, "diagnoses", "procedures", "medications"?}]}`.
+    Native {
+        file: PathBuf,
+        /// Source system for patients whose line names none.
+        #[arg(long, default_value = "import")]
+        source: String,
+    },
+    /// The MICRON research layout: a folder with records.json and voc.json.
+    Micron {
+        dir: PathBuf,
+        #[arg(long, default_value = "micron")]
+        source: String,
+    },
+    /// A CSV of interacting medication pairs (header `atc3_a,atc3_b`).
+    Ddi {
+        file: PathBuf,
+        #[arg(long, default_value = "import")]
+        source: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SynthArgs {
+    /// Output folder (created): patients.jsonl, records.json, voc.json, ddi_pairs.csv.
+    #[arg(long, default_value = "synth")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 6350)]
+    pub patients: usize,
+    #[arg(long, default_value_t = 1203)]
+    pub seed: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,6 +5,7 @@ mod concurrency;
 mod errors;
 mod helpers;
 mod idempotency;
+mod import;
 mod keys;
 mod openapi;
 mod operations;
