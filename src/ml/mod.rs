@@ -2,3 +2,6 @@
 //! baselines and invertible residual density models.
 pub mod data;
 pub mod metrics;
+pub mod backend;
+pub mod baselines;
+pub mod micron;

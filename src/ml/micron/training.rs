@@ -1,0 +1,385 @@
+//! Training (micron.md "Training"): the faithful per-patient RMSprop recipe
+//! and an optional mini-batch Adam recipe. Plain synchronous code: callers
+//! on an async runtime run it in `spawn_blocking`.
+use std::time::Instant;
+
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, RmsPropConfig};
+use burn::prelude::*;
+use burn::tensor::activation::{relu, sigmoid};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+use super::inference::{MicronPredictor, Thresholds};
+use super::model::{Micron, MicronConfig, MicronWeights, float_tensor};
+use crate::ml::data::{DdiMatrix, Patient, Visit};
+
+/// How optimisation steps are formed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Recipe {
+    /// The reference: one RMSprop step per patient (its visits' losses
+    /// summed), lr 2e-4, weight decay 1e-5, alpha 0.99, eps 1e-8, momentum 0.
+    Faithful,
+    /// Faster: Adam over batches of `batch_patients` patients, the loss
+    /// averaged over patients. Not the reference; measure before trusting.
+    MiniBatch { batch_patients: usize, lr: f64 },
+}
+
+/// Training settings. `Default` is the faithful recipe.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub recipe: Recipe,
+    /// RMSprop settings of the faithful recipe.
+    pub lr: f64,
+    pub weight_decay: f32,
+    pub alpha: f32,
+    pub eps: f32,
+    /// Seeds parameter init and dropout.
+    pub seed: u64,
+    /// Shuffle the training patients once before the first epoch with this
+    /// seed. `None` (default) trains in the given order, which is what the
+    /// reference does: its one shuffle (seed 1203) is the split shuffle, so
+    /// pass the train part of that split in split order.
+    pub shuffle_seed: Option<u64>,
+    /// The DDI term counts only when the DDI rate of {p >= 0.5} exceeds this.
+    pub ddi_gate: f64,
+    /// Thresholds of the validation recurrence.
+    pub val_thresholds: Thresholds,
+    /// The reference never selects epoch 0 as best (`epoch != 0 and ...`).
+    pub best_skips_first_epoch: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 40,
+            recipe: Recipe::Faithful,
+            lr: 2e-4,
+            weight_decay: 1e-5,
+            alpha: 0.99,
+            eps: 1e-8,
+            seed: 1203,
+            shuffle_seed: None,
+            ddi_gate: 0.08,
+            val_thresholds: Thresholds::default(),
+            best_skips_first_epoch: true,
+        }
+    }
+}
+
+/// One epoch's summary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// 0-based.
+    pub epoch: usize,
+    /// Mean optimisation-step loss over the epoch.
+    pub train_loss: f64,
+    /// Validation Jaccard (recurrence at `val_thresholds`; per visit, mean
+    /// per patient, mean over patients; no aliasing quirk).
+    pub val_jaccard: f64,
+    pub train_seconds: f64,
+    pub val_seconds: f64,
+    pub steps: usize,
+}
+
+/// Progress events, for a job queue's progress rows.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TrainEvent {
+    Step { epoch: usize, step: usize, steps: usize, loss: f64 },
+    Epoch { report: EpochReport, best_epoch: Option<usize> },
+}
+
+/// What training returns.
+#[derive(Clone, Debug)]
+pub struct TrainOutcome {
+    pub config: MicronConfig,
+    /// Weights of the best epoch (or of the last one when no epoch qualified
+    /// or training was cancelled before any validation).
+    pub weights: MicronWeights,
+    pub best_epoch: Option<usize>,
+    pub history: Vec<EpochReport>,
+    pub cancelled: bool,
+}
+
+/// Loss components of one batch, already summed over its visits.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossParts {
+    pub total: f64,
+    pub visits: usize,
+}
+
+/// Multi-hot rows `[rows, n]`.
+fn multi_hot(sets: &[&[u32]], n: usize, device: &Device) -> Tensor<2> {
+    let mut v = vec![0f32; sets.len() * n];
+    for (r, s) in sets.iter().enumerate() {
+        for &j in s.iter() {
+            if (j as usize) < n {
+                v[r * n + j as usize] = 1.0;
+            }
+        }
+    }
+    float_tensor(v, sets.len(), n, device)
+}
+
+/// BCE with logits, mean over the last dim: `[n, M] -> [n, 1]`.
+fn bce_with_logits(x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
+    let stable = x.clone().abs().neg().exp().log1p();
+    (relu(x.clone()) - x * y + stable).mean_dim(1)
+}
+
+/// PyTorch's multilabel margin loss per row:
+/// `sum_{j in Y} sum_{i not in Y} max(0, 1 - (x_j - x_i)) / M`, `[n, 1]`.
+fn multilabel_margin(x: Tensor<2>, y: Tensor<2>) -> Tensor<2> {
+    let [n, m] = x.dims();
+    let xj = x.clone().unsqueeze_dim::<3>(2); // [n, M, 1]
+    let xi = x.unsqueeze_dim::<3>(1); // [n, 1, M]
+    let margin = relu((xi - xj).add_scalar(1.0)); // [n, j, i]
+    let mask = y.clone().unsqueeze_dim::<3>(2) * y.neg().add_scalar(1.0).unsqueeze_dim::<3>(1);
+    (margin * mask).sum_dim(2).sum_dim(1).reshape([n, 1]).div_scalar(m as f64)
+}
+
+/// The batch loss of micron.md for pairs (visit t, visit t-1), summed over
+/// visits. `a` is the DDI matrix `[M, M]`.
+pub(crate) fn micron_loss(model: &Micron, cur: &[&Visit], last: &[&Visit], a: &Tensor<2>, ddi_gate: f64) -> Tensor<1> {
+    let device = a.device();
+    let m = model.n_med();
+    let (m_cur, m_last, dm) = model.pair_logits(cur, last);
+    let cur_sets: Vec<&[u32]> = cur.iter().map(|v| v.med.as_slice()).collect();
+    let last_sets: Vec<&[u32]> = last.iter().map(|v| v.med.as_slice()).collect();
+    let y_cur = multi_hot(&cur_sets, m, &device);
+    let y_last = multi_hot(&last_sets, m, &device);
+
+    let bce = bce_with_logits(m_cur.clone(), y_cur.clone()).mul_scalar(0.75)
+        + bce_with_logits(m_last.clone(), y_last.clone()).mul_scalar(0.25);
+    let p_cur = sigmoid(m_cur);
+    let p_last = sigmoid(m_last.clone());
+    let multi = (multilabel_margin(p_cur.clone(), y_cur).mul_scalar(0.75)
+        + multilabel_margin(p_last, y_last).mul_scalar(0.25))
+    .mul_scalar(0.05);
+    let rec = (p_cur.clone() - sigmoid(m_last + dm)).square().mean_dim(1);
+    let ddi = (p_cur.clone().matmul(a.clone()) * p_cur.clone()).sum_dim(1).div_scalar(m as f64);
+
+    // Gate: DDI rate (interacting unordered pairs / all pairs) of {p >= 0.5}.
+    let pred = p_cur.detach().greater_equal_elem(0.5).float();
+    let inter = (pred.clone().matmul(a.clone()) * pred.clone()).sum_dim(1).div_scalar(2.0);
+    let s = pred.sum_dim(1);
+    let pairs = (s.clone() * s.sub_scalar(1.0)).div_scalar(2.0).clamp_min(1.0);
+    let gate = (inter / pairs).greater_elem(ddi_gate).float();
+
+    ((bce + multi + rec + ddi * gate).mul_scalar(0.25)).sum()
+}
+
+/// Pairs (t, t-1) for t >= 1 of patients with >= 2 visits.
+fn patient_pairs<'a>(p: &'a Patient, cur: &mut Vec<&'a Visit>, last: &mut Vec<&'a Visit>) {
+    for t in 1..p.visits.len() {
+        cur.push(&p.visits[t]);
+        last.push(&p.visits[t - 1]);
+    }
+}
+
+pub(crate) fn ddi_tensor(ddi: &DdiMatrix, n_med: usize, device: &Device) -> Tensor<2> {
+    let v: Vec<f32> = if ddi.len() == n_med {
+        ddi.as_slice().iter().map(|&b| b as f32).collect()
+    } else {
+        // No (or a mismatched) DDI matrix: the DDI term is zero.
+        vec![0f32; n_med * n_med]
+    };
+    float_tensor(v, n_med, n_med, device)
+}
+
+/// Validation Jaccard of the recurrence: per visit, mean per patient, mean
+/// over patients. TODO: replace with `metrics::evaluate` once it lands.
+pub(crate) fn val_jaccard(pred: &MicronPredictor, patients: &[Patient], th: Thresholds) -> f64 {
+    let preds = pred.predict_patients(patients.iter().map(|p| p.visits.as_slice()), th);
+    mean_jaccard(&preds)
+}
+
+/// Clean mean Jaccard over `PatientPrediction`s (temporary, see above).
+pub(crate) fn mean_jaccard(preds: &[crate::ml::metrics::PatientPrediction]) -> f64 {
+    let mut total = 0.0;
+    let mut n = 0usize;
+    for p in preds {
+        if p.visits.is_empty() {
+            continue;
+        }
+        let mut s = 0.0;
+        for v in &p.visits {
+            let inter = v.truth.iter().filter(|m| v.predicted.binary_search(m).is_ok()).count();
+            let union = v.truth.len() + v.predicted.len() - inter;
+            s += if union == 0 { 0.0 } else { inter as f64 / union as f64 };
+        }
+        total += s / p.visits.len() as f64;
+        n += 1;
+    }
+    if n == 0 { 0.0 } else { total / n as f64 }
+}
+
+/// Trains MICRON. `device` may be plain or autodiff (autodiff is enabled
+/// here). `on_event` is called after every step and epoch; `cancel` is
+/// polled before every step and stops training early (the outcome is then
+/// marked `cancelled`).
+#[allow(clippy::too_many_arguments)]
+pub fn train(
+    model_config: &MicronConfig,
+    train: &[Patient],
+    val: &[Patient],
+    ddi: &DdiMatrix,
+    cfg: &TrainConfig,
+    device: &Device,
+    on_event: &mut dyn FnMut(&TrainEvent),
+    cancel: &dyn Fn() -> bool,
+) -> TrainOutcome {
+    let device = device.clone().autodiff();
+    device.seed(cfg.seed);
+    let model = model_config.init(&device);
+    train_from(model_config, model, train, val, ddi, cfg, &device, on_event, cancel)
+}
+
+/// [`train`] starting from given weights (fine-tuning, resuming).
+#[allow(clippy::too_many_arguments)]
+pub fn train_from_weights(
+    model_config: &MicronConfig,
+    weights: &MicronWeights,
+    train: &[Patient],
+    val: &[Patient],
+    ddi: &DdiMatrix,
+    cfg: &TrainConfig,
+    device: &Device,
+    on_event: &mut dyn FnMut(&TrainEvent),
+    cancel: &dyn Fn() -> bool,
+) -> TrainOutcome {
+    let device = device.clone().autodiff();
+    device.seed(cfg.seed);
+    let model = weights.to_module(model_config, &device);
+    train_from(model_config, model, train, val, ddi, cfg, &device, on_event, cancel)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn train_from(
+    model_config: &MicronConfig,
+    mut model: Micron,
+    train: &[Patient],
+    val: &[Patient],
+    ddi: &DdiMatrix,
+    cfg: &TrainConfig,
+    device: &Device,
+    on_event: &mut dyn FnMut(&TrainEvent),
+    cancel: &dyn Fn() -> bool,
+) -> TrainOutcome {
+    let a = ddi_tensor(ddi, model_config.n_med, device);
+    let mut order: Vec<&Patient> = train.iter().filter(|p| p.visits.len() >= 2).collect();
+    if let Some(seed) = cfg.shuffle_seed {
+        order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
+    }
+    let (batch, lr, mut optim): (usize, f64, ModuleOptimizer) = match &cfg.recipe {
+        Recipe::Faithful => (
+            1,
+            cfg.lr,
+            RmsPropConfig::new()
+                .with_alpha(cfg.alpha)
+                .with_momentum(0.0)
+                .with_epsilon(cfg.eps)
+                .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
+                .init(),
+        ),
+        Recipe::MiniBatch { batch_patients, lr } => (
+            (*batch_patients).max(1),
+            *lr,
+            AdamConfig::new()
+                .with_epsilon(1e-8)
+                .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
+                .init(),
+        ),
+    };
+    let steps = order.len().div_ceil(batch);
+    let mut history = Vec::new();
+    let mut best: Option<(usize, f64, MicronWeights)> = None;
+    let mut cancelled = false;
+
+    'epochs: for epoch in 0..cfg.epochs {
+        let tic = Instant::now();
+        let mut loss_sum = 0.0;
+        for (step, chunk) in order.chunks(batch).enumerate() {
+            if cancel() {
+                cancelled = true;
+                break 'epochs;
+            }
+            let (mut cur, mut last) = (Vec::new(), Vec::new());
+            for p in chunk {
+                patient_pairs(p, &mut cur, &mut last);
+            }
+            let mut loss = micron_loss(&model, &cur, &last, &a, cfg.ddi_gate);
+            if batch > 1 {
+                loss = loss.div_scalar(chunk.len() as f64);
+            }
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let value: f64 = loss.into_scalar::<f32>() as f64;
+            model = optim.step(lr, model, grads);
+            loss_sum += value;
+            on_event(&TrainEvent::Step { epoch, step, steps, loss: value });
+        }
+        let train_seconds = tic.elapsed().as_secs_f64();
+        let tic = Instant::now();
+        let weights = model.valid().to_weights();
+        let val_j = val_jaccard(&MicronPredictor::new(weights.clone()), val, cfg.val_thresholds);
+        let report = EpochReport {
+            epoch,
+            train_loss: if steps == 0 { 0.0 } else { loss_sum / steps as f64 },
+            val_jaccard: val_j,
+            train_seconds,
+            val_seconds: tic.elapsed().as_secs_f64(),
+            steps,
+        };
+        let eligible = !(cfg.best_skips_first_epoch && epoch == 0 && cfg.epochs > 1);
+        if eligible && best.as_ref().is_none_or(|b| val_j > b.1) {
+            best = Some((epoch, val_j, weights));
+        }
+        on_event(&TrainEvent::Epoch { report: report.clone(), best_epoch: best.as_ref().map(|b| b.0) });
+        history.push(report);
+    }
+    let (best_epoch, weights) = match best {
+        Some((e, _, w)) => (Some(e), w),
+        None => (None, model.valid().to_weights()),
+    };
+    TrainOutcome { config: model_config.clone(), weights, best_epoch, history, cancelled }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dev() -> Device {
+        Device::flex()
+    }
+
+    #[test]
+    fn multilabel_margin_matches_definition() {
+        // x = [0.1, 0.9, 0.4], Y = {1}: (max(0,1-(0.9-0.1)) + max(0,1-(0.9-0.4))) / 3
+        let x = float_tensor(vec![0.1, 0.9, 0.4], 1, 3, &dev());
+        let y = float_tensor(vec![0.0, 1.0, 0.0], 1, 3, &dev());
+        let got: f32 = multilabel_margin(x, y).into_scalar();
+        let want = ((1.0f32 - 0.8) + (1.0 - 0.5)) / 3.0;
+        assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    #[test]
+    fn bce_matches_naive_formula() {
+        let xs = [-3.0f32, -0.2, 0.0, 1.5, 20.0];
+        let ys = [0.0f32, 1.0, 1.0, 0.0, 1.0];
+        let x = float_tensor(xs.to_vec(), 1, 5, &dev());
+        let y = float_tensor(ys.to_vec(), 1, 5, &dev());
+        let got: f32 = bce_with_logits(x, y).into_scalar();
+        let want: f32 = xs
+            .iter()
+            .zip(ys)
+            .map(|(&x, y)| {
+                let p = 1.0 / (1.0 + (-x).exp());
+                -(y * p.max(1e-12).ln() + (1.0 - y) * (1.0 - p).max(1e-12).ln())
+            })
+            .sum::<f32>()
+            / 5.0;
+        assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+    }
+}
