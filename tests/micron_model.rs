@@ -11,7 +11,7 @@ use medchange::ml::baselines::{GruArtifact, GruBaselineConfig, GruTrainConfig, c
 use medchange::ml::data::{DdiMatrix, Patient, Visit, Vocabularies, Vocabulary};
 use medchange::ml::micron::{
     MicronArtifact, MicronConfig, MicronPredictor, MicronState, PrevSource, Recipe, Thresholds, TrainConfig,
-    TrainEvent, train,
+    TrainError, TrainEvent, train,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -391,7 +391,8 @@ fn short_training_learns_and_beats_copy_previous() {
             TrainEvent::Epoch { report, .. } => epochs.push(report.clone()),
         },
         &|| false,
-    );
+    )
+    .unwrap();
     assert_eq!(epochs.len(), 6);
     assert_eq!(step_losses.len(), 6 * 240);
     assert!(!out.cancelled);
@@ -402,6 +403,7 @@ fn short_training_learns_and_beats_copy_previous() {
     let pred = MicronPredictor::new(out.weights.clone());
     let micron = mean_jaccard(&pred.predict_patients(val_p.iter().map(|p| p.visits.as_slice()), Thresholds::default()));
     let copy = mean_jaccard(&copy_prev_patients(val_p.iter().map(|p| p.visits.as_slice()), cfg.n_med));
+    eprintln!("train loss {first:.4} -> {last:.4}; val Jaccard MICRON {micron:.3}, copy-previous {copy:.3}");
     let best = out.best_epoch.unwrap();
     assert!((epochs[best].val_jaccard - micron).abs() < 1e-9, "the best epoch's weights are returned");
     assert!(micron > copy + 0.1, "MICRON {micron:.3} vs copy-previous {copy:.3}");
@@ -423,9 +425,40 @@ fn training_can_be_cancelled() {
             calls.set(calls.get() + 1);
             calls.get() > 10
         },
-    );
+    )
+    .unwrap();
     assert!(out.cancelled);
     assert!(out.history.is_empty());
+}
+
+#[test]
+fn minibatch_recipe_also_learns() {
+    let (cfg, patients, ddi) = structured_cohort(300, 1);
+    let (train_p, val_p) = patients.split_at(240);
+    let tc = TrainConfig {
+        epochs: 15,
+        recipe: Recipe::MiniBatch { batch_patients: 16, lr: 1e-2 },
+        ..TrainConfig::default()
+    };
+    let out = train(&cfg, train_p, val_p, &ddi, &tc, &device(), &mut |_| {}, &|| false).unwrap();
+    let pred = MicronPredictor::new(out.weights);
+    let micron = mean_jaccard(&pred.predict_patients(val_p.iter().map(|p| p.visits.as_slice()), Thresholds::default()));
+    let copy = mean_jaccard(&copy_prev_patients(val_p.iter().map(|p| p.visits.as_slice()), cfg.n_med));
+    eprintln!("mini-batch: val Jaccard MICRON {micron:.3}, copy-previous {copy:.3}");
+    assert!(micron > copy + 0.1, "MICRON {micron:.3} vs copy-previous {copy:.3}");
+}
+
+#[test]
+fn inconsistent_training_inputs_are_refused() {
+    let (cfg, patients, _) = structured_cohort(10, 4);
+    let run = |ddi: &DdiMatrix, p: &[Patient]| {
+        train(&cfg, p, p, ddi, &TrainConfig { epochs: 1, ..TrainConfig::default() }, &device(), &mut |_| {}, &|| false)
+    };
+    assert!(matches!(run(&DdiMatrix::new(cfg.n_med + 1), &patients), Err(TrainError::DdiSize { .. })));
+    let singles: Vec<Patient> = patients.iter().map(|p| Patient { visits: p.visits[..1].to_vec() }).collect();
+    assert_eq!(run(&DdiMatrix::new(0), &singles).unwrap_err(), TrainError::NoTrainingPairs);
+    // An empty DDI matrix means no DDI data and is accepted.
+    assert!(run(&DdiMatrix::new(0), &patients).is_ok());
 }
 
 #[test]

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 pub use inference::{MicronPredictor, MicronState, PrevSource, StepOutput, Thresholds};
 pub use model::{ArtifactError, Micron, MicronConfig, MicronWeights};
-pub use training::{EpochReport, Recipe, TrainConfig, TrainEvent, TrainOutcome, train, train_from_weights};
+pub use training::{EpochReport, Recipe, TrainConfig, TrainError, TrainEvent, TrainOutcome, train, train_from_weights};
 
 use crate::ml::data::{Split, Vocabularies};
 

@@ -179,14 +179,26 @@ fn patient_pairs<'a>(p: &'a Patient, cur: &mut Vec<&'a Visit>, last: &mut Vec<&'
     }
 }
 
-pub(crate) fn ddi_tensor(ddi: &DdiMatrix, n_med: usize, device: &Device) -> Tensor<2> {
-    let v: Vec<f32> = if ddi.len() == n_med {
+/// Why training could not start.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrainError {
+    #[error("DDI matrix covers {got} medications, the model has {want}")]
+    DdiSize { got: usize, want: usize },
+    #[error("no training patient has two or more visits")]
+    NoTrainingPairs,
+}
+
+/// The DDI matrix as a float tensor; an empty matrix means "no DDI data"
+/// (the DDI term is then zero).
+pub(crate) fn ddi_tensor(ddi: &DdiMatrix, n_med: usize, device: &Device) -> Result<Tensor<2>, TrainError> {
+    let v: Vec<f32> = if ddi.is_empty() {
+        vec![0f32; n_med * n_med]
+    } else if ddi.len() == n_med {
         ddi.as_slice().iter().map(|&b| b as f32).collect()
     } else {
-        // No (or a mismatched) DDI matrix: the DDI term is zero.
-        vec![0f32; n_med * n_med]
+        return Err(TrainError::DdiSize { got: ddi.len(), want: n_med });
     };
-    float_tensor(v, n_med, n_med, device)
+    Ok(float_tensor(v, n_med, n_med, device))
 }
 
 /// Validation Jaccard of the recurrence: per visit, mean per patient, mean
@@ -219,7 +231,7 @@ pub(crate) fn mean_jaccard(preds: &[crate::ml::metrics::PatientPrediction]) -> f
 /// Trains MICRON. `device` may be plain or autodiff (autodiff is enabled
 /// here). `on_event` is called after every step and epoch; `cancel` is
 /// polled before every step and stops training early (the outcome is then
-/// marked `cancelled`).
+/// marked `cancelled`). Errors only on inconsistent inputs, before any work.
 #[allow(clippy::too_many_arguments)]
 pub fn train(
     model_config: &MicronConfig,
@@ -230,7 +242,7 @@ pub fn train(
     device: &Device,
     on_event: &mut dyn FnMut(&TrainEvent),
     cancel: &dyn Fn() -> bool,
-) -> TrainOutcome {
+) -> Result<TrainOutcome, TrainError> {
     let device = device.clone().autodiff();
     device.seed(cfg.seed);
     let model = model_config.init(&device);
@@ -249,7 +261,7 @@ pub fn train_from_weights(
     device: &Device,
     on_event: &mut dyn FnMut(&TrainEvent),
     cancel: &dyn Fn() -> bool,
-) -> TrainOutcome {
+) -> Result<TrainOutcome, TrainError> {
     let device = device.clone().autodiff();
     device.seed(cfg.seed);
     let model = weights.to_module(model_config, &device);
@@ -267,9 +279,12 @@ fn train_from(
     device: &Device,
     on_event: &mut dyn FnMut(&TrainEvent),
     cancel: &dyn Fn() -> bool,
-) -> TrainOutcome {
-    let a = ddi_tensor(ddi, model_config.n_med, device);
+) -> Result<TrainOutcome, TrainError> {
+    let a = ddi_tensor(ddi, model_config.n_med, device)?;
     let mut order: Vec<&Patient> = train.iter().filter(|p| p.visits.len() >= 2).collect();
+    if order.is_empty() {
+        return Err(TrainError::NoTrainingPairs);
+    }
     if let Some(seed) = cfg.shuffle_seed {
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
     }
@@ -343,7 +358,7 @@ fn train_from(
         Some((e, _, w)) => (Some(e), w),
         None => (None, model.valid().to_weights()),
     };
-    TrainOutcome { config: model_config.clone(), weights, best_epoch, history, cancelled }
+    Ok(TrainOutcome { config: model_config.clone(), weights, best_epoch, history, cancelled })
 }
 
 #[cfg(test)]
