@@ -364,6 +364,7 @@ fn train_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rand::SeedableRng;
 
     fn dev() -> Device {
         Device::flex()
@@ -377,6 +378,96 @@ mod tests {
         let got: f32 = multilabel_margin(x, y).into_scalar();
         let want = ((1.0f32 - 0.8) + (1.0 - 0.5)) / 3.0;
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    /// The batch loss equals a plain-Rust computation of micron.md's formula
+    /// from the weights (dropout is off outside autodiff).
+    #[test]
+    fn loss_matches_plain_formula() {
+        use rand::Rng;
+        let cfg = MicronConfig::new(15, 8, 12).with_dim(8);
+        let dev = dev();
+        dev.seed(3);
+        let model = cfg.init(&dev);
+        let w = model.to_weights();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+        let mut codes = |n: u32, k: usize| {
+            let mut v: Vec<u32> = (0..k).map(|_| rng.random_range(0..n)).collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let visits: Vec<Visit> =
+            (0..4).map(|_| Visit { diag: codes(15, 4), proc: codes(8, 2), med: codes(12, 5) }).collect();
+        let mut ddi = DdiMatrix::new(12);
+        for _ in 0..30 {
+            ddi.set(rng.random_range(0..12), rng.random_range(0..12));
+        }
+        let a = ddi_tensor(&ddi, 12, &dev).unwrap();
+        let cur: Vec<&Visit> = visits[1..].iter().collect();
+        let last: Vec<&Visit> = visits[..3].iter().collect();
+        let got: f32 = micron_loss(&model, &cur, &last, &a, 0.08).into_scalar();
+
+        let m = 12usize;
+        let sig = |x: f32| 1.0 / (1.0 + (-x).exp());
+        let bce = |x: &[f32], y: &[u32]| {
+            (0..m)
+                .map(|j| {
+                    let t = if y.contains(&(j as u32)) { 1.0 } else { 0.0 };
+                    x[j].max(0.0) - x[j] * t + (-x[j].abs()).exp().ln_1p()
+                })
+                .sum::<f32>()
+                / m as f32
+        };
+        let mlm = |p: &[f32], y: &[u32]| {
+            let mut s = 0.0;
+            for &j in y {
+                for i in 0..m as u32 {
+                    if !y.contains(&i) {
+                        s += (1.0 - (p[j as usize] - p[i as usize])).max(0.0);
+                    }
+                }
+            }
+            s / m as f32
+        };
+        let mut want = 0.0f32;
+        let mut gated = 0;
+        for (c, l) in cur.iter().zip(&last) {
+            let hc = w.health(&c.diag, &c.proc);
+            let hl = w.health(&l.diag, &l.proc);
+            let r: Vec<f32> = hc.iter().zip(&hl).map(|(a, b)| a - b).collect();
+            let (mc, ml, dm) = (w.prescription(&hc), w.prescription(&hl), w.prescription(&r));
+            let pc: Vec<f32> = mc.iter().map(|&x| sig(x)).collect();
+            let pl: Vec<f32> = ml.iter().map(|&x| sig(x)).collect();
+            let rec = (0..m).map(|j| (pc[j] - sig(ml[j] + dm[j])).powi(2)).sum::<f32>() / m as f32;
+            let mut ddi_l = 0.0;
+            for i in 0..m {
+                for j in 0..m {
+                    if ddi.interacts(i as u32, j as u32) {
+                        ddi_l += pc[i] * pc[j];
+                    }
+                }
+            }
+            ddi_l /= m as f32;
+            let pred: Vec<u32> = (0..m as u32).filter(|&j| pc[j as usize] >= 0.5).collect();
+            let (mut all, mut bad) = (0, 0);
+            for (x, &i) in pred.iter().enumerate() {
+                for &j in &pred[x + 1..] {
+                    all += 1;
+                    bad += ddi.interacts(i, j) as usize;
+                }
+            }
+            let gate = all > 0 && bad as f64 / all as f64 > 0.08;
+            gated += gate as usize;
+            want += 0.25
+                * (0.75 * bce(&mc, &c.med)
+                    + 0.25 * bce(&ml, &l.med)
+                    + 0.05 * (0.75 * mlm(&pc, &c.med) + 0.25 * mlm(&pl, &l.med))
+                    + rec
+                    + if gate { ddi_l } else { 0.0 });
+        }
+        assert!(gated > 0, "the test should exercise the DDI gate");
+        assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{got} vs {want}");
     }
 
     #[test]
