@@ -136,6 +136,9 @@ fn step_semantics_add_remove_keep_and_prev_override() {
         assert_eq!(out.kept.contains(&j), now && was);
     }
     assert_eq!(next.meds, out.predicted);
+    assert!(model.state_fits(&next));
+    let other = random_model(3, &MicronConfig::new(20, 10, 26));
+    assert!(!other.state_fits(&next));
     // Replay with recorded sets uses the previous visit's recorded medications.
     let (_, outs) = model.replay(&visits, th, PrevSource::Recorded);
     let (_, direct) = model.step(&model.start(&visits[0]), &visits[1], th, Some(&visits[0].med));

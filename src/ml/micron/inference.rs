@@ -88,6 +88,14 @@ impl MicronPredictor {
         self.weights.n_med
     }
 
+    /// Whether a stored state has this model's shape (|M| logits, D-wide h).
+    /// A state from another model version must be rebuilt by a replay.
+    pub fn state_fits(&self, state: &MicronState) -> bool {
+        state.base.len() == self.weights.n_med
+            && state.h_last.len() == self.weights.dim
+            && state.meds.iter().all(|&m| (m as usize) < self.weights.n_med)
+    }
+
     /// Starts a patient at visit 0: `base = f(h_0)`, the set is visit 0's
     /// known medications. Visit 0 is not predicted.
     pub fn start(&self, visit0: &Visit) -> MicronState {
@@ -103,7 +111,8 @@ impl MicronPredictor {
     /// `p = sigmoid(base)`, then add / remove against the previous set
     /// (`prev_override` when given, e.g. the medications recorded at the
     /// previous visit, else `state.meds`). Only the visit's diagnoses and
-    /// procedures are read.
+    /// procedures are read. Panics when `state` does not fit this model
+    /// (check with [`MicronPredictor::state_fits`]).
     pub fn step(
         &self,
         state: &MicronState,
@@ -111,6 +120,10 @@ impl MicronPredictor {
         thresholds: Thresholds,
         prev_override: Option<&[u32]>,
     ) -> (MicronState, StepOutput) {
+        assert!(
+            state.base.len() == self.weights.n_med && state.h_last.len() == self.weights.dim,
+            "MicronState does not fit this model: replay the history"
+        );
         let h = self.weights.health(&visit.diag, &visit.proc);
         let r: Vec<f32> = h.iter().zip(&state.h_last).map(|(a, b)| a - b).collect();
         let dm = self.weights.prescription(&r);

@@ -268,6 +268,17 @@ pub fn train_from_weights(
     train_from(model_config, model, train, val, ddi, cfg, &device, on_event, cancel)
 }
 
+/// PyTorch's `RMSprop(lr, weight_decay)` as the reference builds it:
+/// alpha 0.99, eps 1e-8, momentum 0, not centered, L2 added to the gradient.
+fn faithful_optimizer(cfg: &TrainConfig) -> ModuleOptimizer {
+    RmsPropConfig::new()
+        .with_alpha(cfg.alpha)
+        .with_momentum(0.0)
+        .with_epsilon(cfg.eps)
+        .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
+        .init()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train_from(
     model_config: &MicronConfig,
@@ -289,16 +300,7 @@ fn train_from(
         order.shuffle(&mut rand::rngs::StdRng::seed_from_u64(seed));
     }
     let (batch, lr, mut optim): (usize, f64, ModuleOptimizer) = match &cfg.recipe {
-        Recipe::Faithful => (
-            1,
-            cfg.lr,
-            RmsPropConfig::new()
-                .with_alpha(cfg.alpha)
-                .with_momentum(0.0)
-                .with_epsilon(cfg.eps)
-                .with_weight_decay(Some(WeightDecayConfig::new(cfg.weight_decay)))
-                .init(),
-        ),
+        Recipe::Faithful => (1, cfg.lr, faithful_optimizer(cfg)),
         Recipe::MiniBatch { batch_patients, lr } => (
             (*batch_patients).max(1),
             *lr,
@@ -468,6 +470,36 @@ mod tests {
         }
         assert!(gated > 0, "the test should exercise the DDI gate");
         assert!((got - want).abs() < 1e-4 * want.abs().max(1.0), "{got} vs {want}");
+    }
+
+    /// Two RMSprop steps on a parameter with a constant gradient c follow
+    /// PyTorch's update (g = c + wd p; v = a v + (1-a) g^2; p -= lr g / (sqrt(v) + eps)),
+    /// which also shows momentum is off (burn's default is 0.9).
+    #[test]
+    fn rmsprop_matches_torch_update() {
+        let cfg = TrainConfig { lr: 0.01, weight_decay: 0.1, ..TrainConfig::default() };
+        let dev = dev().autodiff();
+        dev.seed(1);
+        let mut model = MicronConfig::new(3, 3, 4).with_dim(2).init(&dev);
+        let c = [0.5f32, -2.0, 1e-3, 3.0];
+        let mut p: Vec<f32> = model.presc_out.bias.as_ref().unwrap().val().try_into_vec_as::<f32>().unwrap();
+        let mut v = [0f32; 4];
+        let mut optim = faithful_optimizer(&cfg);
+        for _ in 0..2 {
+            let ct = Tensor::<1>::from_data(TensorData::new(c.to_vec(), [4]), &dev);
+            let loss = (model.presc_out.bias.as_ref().unwrap().val() * ct).sum();
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(cfg.lr, model, grads);
+            for j in 0..4 {
+                let g = c[j] + cfg.weight_decay * p[j];
+                v[j] = cfg.alpha * v[j] + (1.0 - cfg.alpha) * g * g;
+                p[j] -= cfg.lr as f32 * g / (v[j].sqrt() + cfg.eps);
+            }
+        }
+        let got: Vec<f32> = model.presc_out.bias.as_ref().unwrap().val().try_into_vec_as::<f32>().unwrap();
+        for j in 0..4 {
+            assert!((got[j] - p[j]).abs() < 1e-5, "{got:?} vs {p:?}");
+        }
     }
 
     #[test]
