@@ -103,13 +103,6 @@ pub struct TrainOutcome {
     pub cancelled: bool,
 }
 
-/// Loss components of one batch, already summed over its visits.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct LossParts {
-    pub total: f64,
-    pub visits: usize,
-}
-
 /// Multi-hot rows `[rows, n]`.
 fn multi_hot(sets: &[&[u32]], n: usize, device: &Device) -> Tensor<2> {
     let mut v = vec![0f32; sets.len() * n];
