@@ -87,8 +87,115 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Train(args) => train_cmd(&cli.global, args).await,
+        Command::Eval(args) => eval_cmd(&cli.global, args).await,
         Command::Serve(args) => serve(&cli.global, args).await,
     }
+}
+
+/// Loads a cohort from files or the database, with the split to use.
+async fn load_cohort(
+    global: &GlobalArgs,
+    args: &crate::config::DataArgs,
+) -> anyhow::Result<(Vec<crate::ml::data::RawPatient>, Vec<(String, String)>, Option<crate::ml::data::Split>)> {
+    let (patients, pairs) = match &args.data {
+        Some(path) => crate::ml::pipeline::load_path(path)?,
+        None => {
+            let (pool, mut cluster) = database(global).await?;
+            db::migrate(&pool).await?;
+            let patients = crate::import::load_patients(&pool, args.source.as_deref()).await?;
+            let pairs: Vec<(String, String)> = sqlx::query_as("SELECT code_a, code_b FROM ddi_pairs").fetch_all(&pool).await?;
+            pool.close().await;
+            stop(&mut cluster);
+            (patients, pairs)
+        }
+    };
+    anyhow::ensure!(!patients.is_empty(), "the cohort is empty: import visits first (`medchange import`) or pass --data");
+    let split = match &args.split {
+        Some(p) => Some(crate::ml::formats::read_split(p, patients.len())?),
+        None => None,
+    };
+    Ok((patients, pairs, split))
+}
+
+async fn train_cmd(global: &GlobalArgs, args: crate::config::TrainArgs) -> anyhow::Result<()> {
+    use crate::ml::{micron::TrainEvent, pipeline};
+    let (patients, pairs, split) = load_cohort(global, &args.data).await?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        let kind = match args.model { pipeline::ModelKind::Micron => "micron", pipeline::ModelKind::Gru => "gru" };
+        std::path::PathBuf::from("models").join(kind).join(chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string())
+    });
+    let req = pipeline::TrainRequest { model: args.model, epochs: args.epochs, recipe: args.recipe, backend: args.backend, out: out.clone() };
+    let visits: usize = patients.iter().map(|p| p.visits.len()).sum();
+    eprintln!("training {:?} on {} patients ({visits} visits), {} epochs, backend {}", req.model, patients.len(), req.epochs, req.backend);
+    let result = tokio::task::spawn_blocking(move || {
+        let prep = pipeline::Prepared::new(&patients, &pairs, split, None)?;
+        let (nd, np, nm) = prep.data.vocab.sizes();
+        eprintln!("vocabularies from {} training patients: {nd} diagnoses, {np} procedures, {nm} medications", prep.split.train.len());
+        let show = std::io::stderr().is_terminal();
+        let pb = if show { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+        pb.set_style(indicatif::ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} loss {msg} ETA {eta}").expect("template").progress_chars("=> "));
+        let mut on_event = |e: &TrainEvent| match e {
+            TrainEvent::Step { epoch, step, steps, loss } => {
+                pb.set_length(*steps as u64);
+                pb.set_position(*step as u64 + 1);
+                pb.set_prefix(format!("{}", epoch + 1));
+                pb.set_message(format!("{loss:.4}"));
+            }
+            TrainEvent::Epoch { report, best_epoch } => {
+                pb.suspend(|| {
+                    eprintln!(
+                        "epoch {:>3}: loss {:.4}  val jaccard {:.4}  ({:.1}s train, {:.1}s val){}",
+                        report.epoch + 1,
+                        report.train_loss,
+                        report.val_jaccard,
+                        report.train_seconds,
+                        report.val_seconds,
+                        if *best_epoch == Some(report.epoch) { "  best" } else { "" }
+                    )
+                });
+            }
+        };
+        let eval = pipeline::train_and_save(&req, &prep, &mut on_event, &|| false)?;
+        pb.finish_and_clear();
+        anyhow::Ok(eval)
+    })
+    .await??;
+    eprintln!("saved {}", out.display());
+    if let Some(eval) = result {
+        println!("{}", eval.table());
+    }
+    Ok(())
+}
+
+async fn eval_cmd(global: &GlobalArgs, args: crate::config::EvalArgs) -> anyhow::Result<()> {
+    use crate::ml::{baselines::gru::GruArtifact, micron::MicronArtifact, pipeline};
+    let device = crate::ml::backend::BackendChoice::default().device();
+    let micron = MicronArtifact::load(&args.model, &device).with_context(|| format!("loading {}", args.model.display()))?;
+    let gru = match &args.gru {
+        Some(dir) => Some(GruArtifact::load(dir, &device).with_context(|| format!("loading {}", dir.display()))?),
+        None => None,
+    };
+    let (patients, pairs, mut split) = load_cohort(global, &args.data).await?;
+    // The model's own split, when it recorded one and none was given.
+    let recorded = args.model.join(crate::ml::micron::SPLIT_FILE);
+    if split.is_none() && recorded.exists() {
+        let s: crate::ml::data::Split = serde_json::from_str(&std::fs::read_to_string(&recorded)?)?;
+        if s.validate(patients.len()).is_ok() {
+            split = Some(s);
+        }
+    }
+    let prep = pipeline::Prepared::new(&patients, &pairs, split, Some(micron.vocab.clone()))?;
+    let eval = pipeline::evaluate(&micron, gru.as_ref().map(|g| &g.predictor), &prep, &args.part, args.calibrate)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&eval)?);
+    } else {
+        println!("{}", eval.table());
+        if !prep.unknown.is_empty() {
+            eprintln!("note: {} codes unknown to the model's vocabularies were ignored", prep.unknown.total());
+        }
+    }
+    Ok(())
 }
 
 fn stop(cluster: &mut Option<LocalCluster>) {

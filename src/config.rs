@@ -83,6 +83,10 @@ pub enum Command {
     },
     /// Generate a synthetic cohort (native JSON lines, MICRON layout and DDI pairs).
     Synth(SynthArgs),
+    /// Train a model (MICRON or the GRU baseline) from files or stored visits.
+    Train(TrainArgs),
+    /// Print the metric table of a model and the baselines on a split.
+    Eval(EvalArgs),
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -123,6 +127,61 @@ pub struct SynthArgs {
     pub patients: usize,
     #[arg(long, default_value_t = 1203)]
     pub seed: u64,
+}
+
+/// Where a cohort comes from.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// A MICRON layout folder or a native JSON-lines file; without it, the
+    /// visits stored in the database (and its interaction pairs).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// With the database: only patients of this source system.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// A split file (patient indices); default: the reference's seeded 60/20/20 split.
+    #[arg(long)]
+    pub split: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[arg(long, value_enum, default_value = "micron")]
+    pub model: crate::ml::pipeline::ModelKind,
+    #[arg(long, default_value_t = 40)]
+    pub epochs: usize,
+    /// `faithful` (the reference: one RMSprop step per patient) or `minibatch`.
+    #[arg(long, default_value = "faithful")]
+    pub recipe: String,
+    /// flex, ndarray (CPU); tch-cpu, tch-cuda:N with the `tch` feature.
+    #[arg(long, env = "MEDCHANGE_BACKEND", default_value = "flex")]
+    pub backend: String,
+    /// Artifact folder; default models/<model>/<UTC timestamp>.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// A MICRON artifact folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A GRU baseline artifact folder to compare with.
+    #[arg(long)]
+    pub gru: Option<PathBuf>,
+    /// Which part of the split: test, val or train.
+    #[arg(long, default_value = "test")]
+    pub part: String,
+    /// Thresholds calibrated on the validation split instead of 0.8 / 0.2.
+    #[arg(long)]
+    pub calibrate: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

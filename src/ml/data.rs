@@ -148,9 +148,9 @@ impl DdiMatrix {
 // ---------------------------------------------------------------------------
 
 /// Longest accepted code, in characters, after trimming.
-pub const MAX_CODE_CHARS: usize = 64;
+pub const MAX_CODE_CHARS: usize = crate::domain::codes::MAX_CODE_LEN;
 /// Most codes accepted in one set (counted before duplicates are removed).
-pub const MAX_CODES_PER_SET: usize = 1000;
+pub const MAX_CODES_PER_SET: usize = crate::domain::codes::MAX_CODES_PER_SET;
 
 /// Which validation rule a code broke.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,28 +195,15 @@ impl std::fmt::Display for CodeRule {
 /// characters; a set holds at most [`MAX_CODES_PER_SET`] codes; duplicates
 /// are removed keeping the first occurrence (order preserved).
 pub fn normalize_codes<S: AsRef<str>>(codes: &[S]) -> Result<Vec<String>, CodeError> {
-    if codes.len() > MAX_CODES_PER_SET {
-        return Err(CodeError { index: MAX_CODES_PER_SET, rule: CodeRule::TooMany { count: codes.len() } });
-    }
-    let mut seen = std::collections::HashSet::with_capacity(codes.len());
-    let mut out = Vec::with_capacity(codes.len());
-    for (index, code) in codes.iter().enumerate() {
-        let c = code.as_ref().trim();
-        if c.is_empty() {
-            return Err(CodeError { index, rule: CodeRule::Empty });
+    use crate::domain::{CodeSet, CodeSetError};
+    CodeSet::parse(codes).map(CodeSet::into_vec).map_err(|e| match e {
+        CodeSetError::TooMany(count) => CodeError { index: MAX_CODES_PER_SET, rule: CodeRule::TooMany { count } },
+        CodeSetError::Empty { index } => CodeError { index, rule: CodeRule::Empty },
+        CodeSetError::NotPrintable { index } => CodeError { index, rule: CodeRule::NotPrintable },
+        CodeSetError::TooLong { index } => {
+            CodeError { index, rule: CodeRule::TooLong { chars: codes[index].as_ref().trim().chars().count() } }
         }
-        if c.chars().any(char::is_control) {
-            return Err(CodeError { index, rule: CodeRule::NotPrintable });
-        }
-        let chars = c.chars().count();
-        if chars > MAX_CODE_CHARS {
-            return Err(CodeError { index, rule: CodeRule::TooLong { chars } });
-        }
-        if seen.insert(c) {
-            out.push(c.to_string());
-        }
-    }
-    Ok(out)
+    })
 }
 
 // ---------------------------------------------------------------------------

@@ -5,3 +5,7 @@ pub mod metrics;
 pub mod formats;
 pub mod rng;
 pub mod synth;
+pub mod backend;
+pub mod baselines;
+pub mod micron;
+pub mod pipeline;

@@ -10,6 +10,7 @@ mod keys;
 mod openapi;
 mod operations;
 mod patients;
+mod training;
 mod validation;
 mod visits;
 mod zero_config;
