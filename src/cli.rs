@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::{
     app::{AppState, app},
-    config::{Cli, Command, GlobalArgs, JobsArgs, KeysCommand, ServeArgs},
+    config::{BenchCommand, Cli, Command, GlobalArgs, JobsArgs, KeysCommand, ServeArgs},
     db, pgcluster::LocalCluster, store, telemetry,
 };
 
@@ -69,7 +69,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop(&mut cluster);
             result
         }
-        Command::Bench(args) => {
+        Command::Bench { command: BenchCommand::Queue(args) } => {
             let (pool, mut cluster) = database(&cli.global).await?;
             let result = crate::jobs::bench::run(pool, &args).await;
             stop(&mut cluster);

@@ -79,8 +79,11 @@ pub enum Command {
     /// Run job workers only (no HTTP): training can run on other machines
     /// that share the database and the models directory.
     Worker(WorkerArgs),
-    /// Measure the job queue's overhead (claims per second, creation to start).
-    Bench(BenchArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -123,6 +126,13 @@ impl Default for ServeArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub jobs: JobsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The job queue's overhead: claims per second with several workers,
+    /// and the time from creation to start (in a scratch database).
+    Queue(BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
