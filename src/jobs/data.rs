@@ -1,6 +1,7 @@
 //! Training data: the stored visits as of a job's first start.
 //!
-//! The snapshot records the newest visit `created_at` included and the
+//! The snapshot is taken by the claim statement of the job's first attempt
+//! ([`crate::store::jobs::claim`]). It records the newest visit `created_at` included and the
 //! counts at that moment; every attempt of the job (and every evaluation
 //! that names it) reads visits with `created_at <= as_of`, patients in id
 //! order, visits in time order. Visits of patients erased since are gone
@@ -25,19 +26,6 @@ pub struct DataSnapshot {
     pub visits: i64,
     pub patients: i64,
     pub taken_at: DateTime<Utc>,
-}
-
-/// Takes a snapshot of the stored visits now.
-pub async fn take(db: &PgPool) -> sqlx::Result<DataSnapshot> {
-    let (as_of, last_visit_id, visits, patients, taken_at): (Option<DateTime<Utc>>, Option<Uuid>, i64, i64, DateTime<Utc>) =
-        sqlx::query_as(
-            "SELECT (SELECT max(created_at) FROM visits),
-                    (SELECT id FROM visits ORDER BY created_at DESC, id DESC LIMIT 1),
-                    (SELECT count(*) FROM visits), (SELECT count(DISTINCT patient_id) FROM visits), now()",
-        )
-        .fetch_one(db)
-        .await?;
-    Ok(DataSnapshot { as_of, last_visit_id, visits, patients, taken_at })
 }
 
 /// The patients of a snapshot, in id order.

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::{
     Cancelled, JobContext, JobKinds, Outcome,
     context::Flags,
-    data::{self, DataSnapshot},
+    data::DataSnapshot,
 };
 use crate::{
     config::JobsArgs,
@@ -104,25 +104,17 @@ impl Worker {
             lost: AtomicBool::new(false),
             shutdown: self.shutdown.clone(),
         });
-        let state = store::jobs::append_event_fenced(
-            &self.db,
-            id,
-            &self.owner,
-            attempt,
-            "status",
-            &json!({"status": "running", "attempt": attempt, "worker": self.owner}),
-        )
-        .await?;
-        flags.apply(state);
-        let staging = self.registry.staging_dir().join(id.to_string());
+        let staging = self.registry.staging_dir().join(format!("{id}-{attempt}"));
         let end = match self.kinds.get(&job.kind) {
             None => End::Failed(format!("this worker cannot run `{}` jobs", job.kind)),
             Some(kind) => {
-                let snapshot = data::take(&self.db).await?;
-                let snapshot: DataSnapshot =
-                    serde_json::from_value(store::jobs::set_snapshot(&self.db, id, &serde_json::to_value(&snapshot)?).await?)?;
-                // A crashed earlier attempt may have left a partial folder.
-                let _ = std::fs::remove_dir_all(&staging);
+                let snapshot: DataSnapshot = serde_json::from_value(
+                    job.data_snapshot.clone().ok_or_else(|| anyhow::anyhow!("the claim recorded no data snapshot"))?,
+                )?;
+                // Crashed earlier attempts may have left partial folders.
+                for earlier in 1..=attempt {
+                    let _ = std::fs::remove_dir_all(self.registry.staging_dir().join(format!("{id}-{earlier}")));
+                }
                 std::fs::create_dir_all(&staging)?;
                 let ctx = JobContext {
                     job_id: id,

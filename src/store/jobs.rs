@@ -108,14 +108,31 @@ pub async fn list(
 
 /// Claims the oldest runnable job of one of `kinds` for `owner`: one
 /// autocommitted statement, so the lease is committed before the job runs.
+/// The same statement records the data snapshot (first attempt only) and
+/// the `running` status event.
 pub async fn claim(db: impl PgExecutor<'_>, owner: &str, kinds: &[String]) -> sqlx::Result<Option<JobRow>> {
     sqlx::query_as(concat!(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, heartbeat_at = now(),
-                started_at = coalesce(started_at, now()), error = NULL
-         WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_after <= now() AND kind = ANY($2)
-                     ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
-         RETURNING ",
-        job_cols!()
+        "WITH snap AS (
+            SELECT jsonb_build_object(
+                'as_of', (SELECT max(created_at) FROM visits),
+                'last_visit_id', (SELECT id FROM visits ORDER BY created_at DESC, id DESC LIMIT 1),
+                'visits', (SELECT count(*) FROM visits),
+                'patients', (SELECT count(DISTINCT patient_id) FROM visits),
+                'taken_at', now()) AS s),
+         j AS (
+            UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = $1, heartbeat_at = now(),
+                   started_at = coalesce(started_at, now()), error = NULL, last_event_id = last_event_id + 1,
+                   data_snapshot = coalesce(data_snapshot, (SELECT s FROM snap))
+            WHERE id = (SELECT id FROM jobs WHERE status = 'queued' AND run_after <= now() AND kind = ANY($2)
+                        ORDER BY created_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+            RETURNING *),
+         e AS (
+            INSERT INTO job_events (job_id, id, attempt, kind, data)
+            SELECT id, last_event_id, attempts, 'status',
+                   jsonb_build_object('status', 'running', 'attempt', attempts, 'worker', $1::text) FROM j)
+         SELECT ",
+        job_cols!(),
+        " FROM j"
     ))
     .bind(owner)
     .bind(kinds)
@@ -145,15 +162,6 @@ pub async fn heartbeat(db: impl PgExecutor<'_>, id: Uuid, owner: &str, attempt: 
     .fetch_optional(db)
     .await?;
     Ok(r.map(|c| LeaseState { held: true, cancel_requested: c }).unwrap_or(LOST))
-}
-
-/// Records the data snapshot of the first attempt (later attempts keep it).
-pub async fn set_snapshot(db: impl PgExecutor<'_>, id: Uuid, snapshot: &Value) -> sqlx::Result<Value> {
-    sqlx::query_scalar("UPDATE jobs SET data_snapshot = coalesce(data_snapshot, $2) WHERE id = $1 RETURNING data_snapshot")
-        .bind(id)
-        .bind(snapshot)
-        .fetch_one(db)
-        .await
 }
 
 /// Appends a progress event of the lease holder (also renewing the

@@ -122,7 +122,7 @@ impl TestApp {
     pub async fn seed_visits(&self, patients: usize, visits: usize) {
         for p in 0..patients {
             let mut tx = self.pool.begin().await.unwrap();
-            let row = store::patients::insert(&mut *tx, "seed", &format!("P{p}")).await.unwrap();
+            let row = store::patients::insert(&mut *tx, "seed", &format!("P{p}-{}", uuid::Uuid::new_v4())).await.unwrap();
             for v in 0..visits {
                 let diag = vec![format!("D{}", (p + v) % 7), format!("D{}", v % 3)];
                 let proc = vec![format!("X{}", p % 4)];

@@ -97,7 +97,7 @@ async fn lifecycle_from_creation_to_an_active_version(pool: PgPool) {
     let split: Value = serde_json::from_slice(&std::fs::read(dir.join("split.json")).unwrap()).unwrap();
     assert_eq!(split["seed"], 7);
     assert_eq!(split["train"].as_array().unwrap().len() + split["val"].as_array().unwrap().len() + split["test"].as_array().unwrap().len(), 30);
-    assert!(!app.models_dir.join(".staging").join(&job).exists(), "staging is cleaned up");
+    assert!(!app.models_dir.join(".staging").join(format!("{job}-1")).exists(), "staging is cleaned up");
 
     // Activate: served at once.
     assert!(app.admin_get("/v1/models/active").await.body.as_array().unwrap().is_empty());
@@ -245,6 +245,8 @@ async fn a_crashed_workers_job_is_requeued_then_completes(pool: PgPool) {
     assert_eq!(r.body["status"], "queued");
     assert!(r.body["error"].as_str().unwrap().contains("stopped heartbeating"), "{}", r.text);
 
+    // Visits stored after the first start are not part of the job's data.
+    app.seed_visits(5, 2).await;
     // B takes it over; the crashed worker's late writes are refused.
     let taken = b.claim().await.unwrap().unwrap();
     assert_eq!(taken.attempts, 2);
@@ -255,6 +257,14 @@ async fn a_crashed_workers_job_is_requeued_then_completes(pool: PgPool) {
     assert_eq!(done.status, "succeeded", "{:?}", done.error);
     assert_eq!(done.attempts, 2);
     assert_eq!(app.count("models").await, 1, "exactly one version");
+    assert_eq!(done.data_snapshot.as_ref().unwrap()["visits"], 36, "the retry used the first start's snapshot");
+    let model = app.admin_get(&format!("/v1/models/{}", done.model_id.unwrap())).await;
+    let split: Value = serde_json::from_slice(
+        &std::fs::read(app.models_dir.join(model.body["artifact_path"].as_str().unwrap()).join("split.json")).unwrap(),
+    )
+    .unwrap();
+    let n: usize = ["train", "val", "test"].iter().map(|p| split[p].as_array().unwrap().len()).sum();
+    assert_eq!(n, 12, "trained on the 12 patients of the snapshot, not 17");
     let evs = events(&app, &job).await;
     assert!(evs.iter().any(|e| e["data"]["reason"] == "worker stopped heartbeating"));
 }
@@ -284,7 +294,7 @@ async fn a_failing_job_records_its_error(pool: PgPool) {
     assert_eq!(done.status, "failed");
     assert!(done.error.as_deref().unwrap().contains("at least 3 are needed"), "{:?}", done.error);
     assert_eq!(app.count("models").await, 0);
-    assert!(!app.models_dir.join(".staging").join(&job).exists());
+    assert!(!app.models_dir.join(".staging").join(format!("{job}-1")).exists());
 }
 
 #[sqlx::test]
@@ -313,7 +323,7 @@ async fn cancelling_a_running_training_stops_it_without_artifacts(pool: PgPool) 
     assert_eq!(done.status, "cancelled");
     assert_eq!(app.count("models").await, 0);
     assert!(!app.models_dir.join("copy_previous").exists(), "no version folder");
-    assert!(!app.models_dir.join(".staging").join(&job).exists(), "no partial artifacts");
+    assert!(!app.models_dir.join(".staging").join(format!("{job}-1")).exists(), "no partial artifacts");
 }
 
 /// A trainer that writes a partial artifact, then waits for the test.
@@ -369,7 +379,7 @@ async fn a_running_job_stops_at_the_next_batch_when_cancelled(pool: PgPool) {
     let running = tokio::spawn(async move { w.claim_and_run_one().await.unwrap().unwrap() });
     let started = tokio::task::spawn_blocking(move || started.recv().unwrap());
     started.await.unwrap();
-    assert!(app.models_dir.join(".staging").join(&job).join("weights.partial").exists());
+    assert!(app.models_dir.join(".staging").join(format!("{job}-1")).join("weights.partial").exists());
     let r = app.admin_post(&format!("/v1/jobs/{job}/cancel"), None).await;
     assert_eq!(r.body["cancel_requested"], true);
     go.send(()).unwrap();
@@ -378,7 +388,7 @@ async fn a_running_job_stops_at_the_next_batch_when_cancelled(pool: PgPool) {
     assert_eq!(done.error.as_deref(), Some("cancelled by an admin"));
     let steps = events(&app, &job).await.iter().filter(|e| e["kind"] == "step").count();
     assert_eq!(steps, 1, "stopped at the first batch after the request");
-    assert!(!app.models_dir.join(".staging").join(&job).exists(), "partial artifacts removed");
+    assert!(!app.models_dir.join(".staging").join(format!("{job}-1")).exists(), "partial artifacts removed");
     assert_eq!(app.count("models").await, 0);
 }
 
@@ -396,7 +406,7 @@ async fn a_job_interrupted_by_shutdown_goes_back_to_the_queue(pool: PgPool) {
     let done = running.await.unwrap();
     assert_eq!(done.status, "queued", "{:?}", done.error);
     assert_eq!(done.attempts, 0, "an interrupted attempt does not count");
-    assert!(!app.models_dir.join(".staging").join(&job).exists());
+    assert!(!app.models_dir.join(".staging").join(format!("{job}-1")).exists());
 }
 
 /// The SSE frames of a finished stream: (id, event, data).
