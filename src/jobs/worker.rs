@@ -328,7 +328,12 @@ impl Worker {
                 r = async { match listener.as_mut() { Some(l) => l.recv().await.map(|_| ()), None => std::future::pending().await } } => {
                     listener_failed = r.is_err();
                 }
-                _ = shutdown.changed() => {}
+                changed = shutdown.changed() => {
+                    // Set the flag here too: the watcher task may not have run yet.
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.shutdown.store(true, Ordering::SeqCst);
+                    }
+                }
             }
             if listener_failed {
                 tracing::warn!("lost the job notification channel; polling only");

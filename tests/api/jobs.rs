@@ -491,3 +491,21 @@ async fn automatic_promotion_activates_a_better_version(pool: PgPool) {
     assert_eq!(store::models::active(&app.pool, "copy_previous").await.unwrap().unwrap().id, second);
     assert_eq!(app.state.registry.active("copy_previous").unwrap().id, second);
 }
+
+#[sqlx::test]
+async fn the_worker_loop_runs_queued_jobs_and_stops_on_shutdown(pool: PgPool) {
+    let jobs = medchange::config::JobsArgs { poll_secs: 3600.0, ..test_jobs_args() };
+    let counting = Counting::default();
+    let app = TestApp::with_jobs(pool, jobs, JobKinds::builtin().with(counting.clone())).await;
+    let job = create(&app, json!({"kind": "count"})).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(app.worker("loop").run(stop_rx));
+    // The loop claims what is queued at once; wait on the job's own events.
+    let (status, text) = stream(&app, &job, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(frames(&text).last().unwrap().2["data"]["status"], "succeeded");
+    // Shutdown ends the loop without waiting for the (hour-long) poll.
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), worker).await.expect("the loop stopped").unwrap();
+    assert_eq!(counting.0.lock().unwrap().len(), 1);
+}
