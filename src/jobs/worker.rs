@@ -182,7 +182,7 @@ impl Worker {
             }
             End::Lost => tracing::warn!("the lease was lost (reaped or taken over); results discarded"),
         }
-        Ok(store::jobs::get(&self.db, id).await?.ok_or_else(|| anyhow::anyhow!("job {id} vanished"))?)
+        store::jobs::get(&self.db, id).await?.ok_or_else(|| anyhow::anyhow!("job {id} vanished"))
     }
 
     /// Ends the job (fenced) with its final status event, in one transaction.

@@ -258,7 +258,7 @@ impl Registry {
         tx.commit().await?;
         self.swap_in(loaded);
         tracing::info!(model_id = %id, kind = %row.kind, version = %row.version, previous = ?previous, "model version activated");
-        Ok(store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)?)
+        store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)
     }
 
     /// Retires a version that is not served.
@@ -274,7 +274,7 @@ impl Registry {
             "retired" => {}
             _ => store::set_status(&self.db, id, "retired").await?,
         }
-        Ok(store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)?)
+        store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)
     }
 
     /// Brings the served versions in line with the database (start-up, and
