@@ -154,7 +154,14 @@ pub struct JobEvent {
 
 impl From<store::jobs::EventRow> for JobEvent {
     fn from(r: store::jobs::EventRow) -> Self {
-        JobEvent { id: r.id, job_id: r.job_id, attempt: r.attempt, kind: r.kind, data: r.data, created_at: r.created_at }
+        JobEvent {
+            id: r.id,
+            job_id: r.job_id,
+            attempt: r.attempt,
+            kind: r.kind,
+            data: r.data,
+            created_at: r.created_at,
+        }
     }
 }
 
@@ -190,7 +197,13 @@ pub async fn list_job_kinds(State(state): State<AppState>, _auth: Admin) -> axum
         .collect();
     for (name, why) in PLANNED {
         if state.kinds.get(name).is_none() {
-            out.push(JobKindInfo { name: (*name).into(), description: (*why).into(), available: false, model_kind: None, params_schema: None });
+            out.push(JobKindInfo {
+                name: (*name).into(),
+                description: (*why).into(),
+                available: false,
+                model_kind: None,
+                params_schema: None,
+            });
         }
     }
     axum::Json(out)
@@ -285,7 +298,11 @@ pub struct JobFilterRaw {
     responses((status = 200, description = "The job", body = Job),
         (status = 404, description = "No such job", body = super::error::Problem, content_type = "application/problem+json")),
     security(("api_key" = ["admin"])))]
-pub async fn get_job(State(state): State<AppState>, _auth: Admin, Path(id): Path<Uuid>) -> Result<axum::Json<Job>, ApiError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    _auth: Admin,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Job>, ApiError> {
     store::jobs::get(&state.db, id).await?.map(|r| axum::Json(r.into())).ok_or_else(|| ApiError::NotFound("job".into()))
 }
 
@@ -300,18 +317,34 @@ pub async fn get_job(State(state): State<AppState>, _auth: Admin, Path(id): Path
         (status = 404, description = "No such job", body = super::error::Problem, content_type = "application/problem+json"),
         (status = 409, description = "The job has already finished", body = super::error::Problem, content_type = "application/problem+json")),
     security(("api_key" = ["admin"])))]
-pub async fn cancel_job(State(state): State<AppState>, _auth: Admin, Path(id): Path<Uuid>) -> Result<axum::Json<Job>, ApiError> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    _auth: Admin,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<Job>, ApiError> {
     let mut tx = state.db.begin().await?;
     match store::jobs::cancel(&mut tx, id).await? {
         CancelOutcome::NotFound => return Err(ApiError::NotFound("job".into())),
         CancelOutcome::Finished => return Err(ApiError::Conflict("the job has already finished".into())),
         CancelOutcome::Cancelled => {
-            store::jobs::append_event(&mut *tx, id, 0, "status", &serde_json::json!({"status": "cancelled", "error": "cancelled by an admin"}))
-                .await?;
+            store::jobs::append_event(
+                &mut *tx,
+                id,
+                0,
+                "status",
+                &serde_json::json!({"status": "cancelled", "error": "cancelled by an admin"}),
+            )
+            .await?;
         }
         CancelOutcome::Requested => {
-            store::jobs::append_event(&mut *tx, id, 0, "status", &serde_json::json!({"status": "running", "cancel_requested": true}))
-                .await?;
+            store::jobs::append_event(
+                &mut *tx,
+                id,
+                0,
+                "status",
+                &serde_json::json!({"status": "running", "cancel_requested": true}),
+            )
+            .await?;
         }
     }
     let row = store::jobs::get(&mut *tx, id).await?.ok_or_else(|| ApiError::NotFound("job".into()))?;
@@ -335,7 +368,11 @@ impl EventParams {
     fn after(&self) -> Result<i64, ApiError> {
         match &self.after {
             None => Ok(0),
-            Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| ApiError::validation("query:after", "must be an integer >= 0")),
+            Some(s) => s
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| ApiError::validation("query:after", "must be an integer >= 0")),
         }
     }
     fn limit(&self) -> Result<i64, ApiError> {
@@ -374,7 +411,8 @@ pub async fn list_job_events(
     if store::jobs::get(&state.db, id).await?.is_none() {
         return Err(ApiError::NotFound("job".into()));
     }
-    let items: Vec<JobEvent> = store::jobs::events(&state.db, id, after, limit).await?.into_iter().map(Into::into).collect();
+    let items: Vec<JobEvent> =
+        store::jobs::events(&state.db, id, after, limit).await?.into_iter().map(Into::into).collect();
     let last_id = items.last().map(|e| e.id).unwrap_or(after);
     Ok(axum::Json(JobEvents { items, last_id }))
 }
@@ -411,13 +449,16 @@ pub async fn stream_job_events(
     if store::jobs::get(&state.db, id).await?.is_none() {
         return Err(ApiError::NotFound("job".into()));
     }
-    let tail = Tail { db: state.db.clone(), id, after, buf: VecDeque::new(), done: false, poll: Duration::from_millis(250) };
+    let tail =
+        Tail { db: state.db.clone(), id, after, buf: VecDeque::new(), done: false, poll: Duration::from_millis(250) };
     let stream = futures::stream::unfold(tail, |mut t| async move {
         loop {
             if let Some(ev) = t.buf.pop_front() {
                 t.after = ev.id;
                 let event = Event::default().id(ev.id.to_string()).event(ev.kind.clone());
-                let event = event.json_data(JobEvent::from(ev)).unwrap_or_else(|_| Event::default().comment("unserializable event"));
+                let event = event
+                    .json_data(JobEvent::from(ev))
+                    .unwrap_or_else(|_| Event::default().comment("unserializable event"));
                 return Some((Ok(event), t));
             }
             if t.done {

@@ -37,7 +37,9 @@ impl From<RegistryError> for ApiError {
     fn from(e: RegistryError) -> Self {
         match e {
             RegistryError::NotFound => ApiError::NotFound("model version".into()),
-            e @ RegistryError::Integrity { .. } => ApiError::ArtifactIntegrity(format!("{e}; the version was not loaded")),
+            e @ RegistryError::Integrity { .. } => {
+                ApiError::ArtifactIntegrity(format!("{e}; the version was not loaded"))
+            }
             RegistryError::Conflict(why) => ApiError::Conflict(why),
             RegistryError::Database(e) => ApiError::Database(e),
             RegistryError::Other(e) => ApiError::Internal(e),
@@ -152,7 +154,8 @@ pub async fn list_models(
     {
         return Err(ApiError::validation("query:status", "must be one of training, ready, active, retired, failed"));
     }
-    let rows = store::models::list(&state.db, filter.kind.as_deref(), filter.status.as_deref(), before, limit + 1).await?;
+    let rows =
+        store::models::list(&state.db, filter.kind.as_deref(), filter.status.as_deref(), before, limit + 1).await?;
     Ok(axum::Json(Page::from_rows(rows, limit, |r| encode_cursor(r.id), ModelVersion::from)))
 }
 
@@ -179,7 +182,12 @@ pub async fn served_models(State(state): State<AppState>, _auth: Admin) -> axum:
             .registry
             .active_all()
             .iter()
-            .map(|m| ServedModel { kind: m.kind.clone(), model_id: m.id, version: m.version.clone(), files: m.files.clone() })
+            .map(|m| ServedModel {
+                kind: m.kind.clone(),
+                model_id: m.id,
+                version: m.version.clone(),
+                files: m.files.clone(),
+            })
             .collect(),
     )
 }
@@ -265,8 +273,15 @@ pub async fn compare_models(
     responses((status = 200, description = "The version", body = ModelVersion),
         (status = 404, description = "No such version", body = super::error::Problem, content_type = "application/problem+json")),
     security(("api_key" = ["admin"])))]
-pub async fn get_model(State(state): State<AppState>, _auth: Admin, Path(id): Path<Uuid>) -> Result<axum::Json<ModelVersion>, ApiError> {
-    store::models::get(&state.db, id).await?.map(|r| axum::Json(r.into())).ok_or_else(|| ApiError::NotFound("model version".into()))
+pub async fn get_model(
+    State(state): State<AppState>,
+    _auth: Admin,
+    Path(id): Path<Uuid>,
+) -> Result<axum::Json<ModelVersion>, ApiError> {
+    store::models::get(&state.db, id)
+        .await?
+        .map(|r| axum::Json(r.into()))
+        .ok_or_else(|| ApiError::NotFound("model version".into()))
 }
 
 /// Activate a model version.

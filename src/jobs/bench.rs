@@ -13,7 +13,11 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 
 use super::{JobContext, JobKind, JobKinds, Outcome};
-use crate::{app::AppState, config::{BenchArgs, HttpArgs, JobsArgs}, registry::ModelKind};
+use crate::{
+    app::AppState,
+    config::{BenchArgs, HttpArgs, JobsArgs},
+    registry::ModelKind,
+};
 
 /// Parameters of the `noop` kind (none).
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
@@ -66,7 +70,8 @@ pub async fn run(admin: PgPool, args: &BenchArgs) -> anyhow::Result<()> {
 
 async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
     let models = std::env::temp_dir().join(format!("medchange-bench-{}", std::process::id()));
-    let jobs = JobsArgs { models_dir: models.clone(), poll_secs: 1.0, step_event_interval_secs: 0.0, ..JobsArgs::default() };
+    let jobs =
+        JobsArgs { models_dir: models.clone(), poll_secs: 1.0, step_event_interval_secs: 0.0, ..JobsArgs::default() };
     let state = AppState::with_jobs(pool.clone(), HttpArgs::default(), jobs, JobKinds::default().with(Noop));
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("queue benchmark: noop jobs, {cores} CPU cores visible, PostgreSQL {}", server_version(pool).await?);
@@ -96,14 +101,19 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
         let done: usize = tasks.join_all().await.into_iter().sum();
         let secs = started.elapsed().as_secs_f64();
         anyhow::ensure!(done == args.jobs, "ran {done} of {} jobs", args.jobs);
-        println!("{k:>8} {done:>8} {secs:>10.2} {:>12.0} {:>14.2}", done as f64 / secs, secs * 1000.0 / done as f64 * k as f64);
+        println!(
+            "{k:>8} {done:>8} {secs:>10.2} {:>12.0} {:>14.2}",
+            done as f64 / secs,
+            secs * 1000.0 / done as f64 * k as f64
+        );
     }
 
     // Latency: idle workers in their loop; jobs created one by one.
     sqlx::query("TRUNCATE jobs CASCADE").execute(pool).await?;
     let k = args.workers.iter().copied().max().unwrap_or(1).min(4);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers: Vec<_> = (0..k).map(|i| tokio::spawn(state.worker(format!("bench-loop/{i}")).run(stop_rx.clone()))).collect();
+    let workers: Vec<_> =
+        (0..k).map(|i| tokio::spawn(state.worker(format!("bench-loop/{i}")).run(stop_rx.clone()))).collect();
     tokio::time::sleep(std::time::Duration::from_millis(500)).await; // let the workers subscribe
     for _ in 0..args.latency_jobs {
         let mut tx = pool.begin().await?;
@@ -112,7 +122,8 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     loop {
-        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'succeeded'").fetch_one(pool).await?;
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status <> 'succeeded'").fetch_one(pool).await?;
         if left == 0 {
             break;
         }
@@ -130,7 +141,12 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
     lat.sort_by(f64::total_cmp);
     println!();
     println!("creation to start, {} jobs created one by one, {k} idle workers woken by NOTIFY:", lat.len());
-    println!("  p50 {:.2} ms   p95 {:.2} ms   max {:.2} ms", percentile(&lat, 0.5), percentile(&lat, 0.95), percentile(&lat, 1.0));
+    println!(
+        "  p50 {:.2} ms   p95 {:.2} ms   max {:.2} ms",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.95),
+        percentile(&lat, 1.0)
+    );
     let _ = std::fs::remove_dir_all(models);
     Ok(())
 }

@@ -16,11 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{
-    Cancelled, JobContext, JobKinds, Outcome,
-    context::Flags,
-    data::DataSnapshot,
-};
+use super::{Cancelled, JobContext, JobKinds, Outcome, context::Flags, data::DataSnapshot};
 use crate::{
     config::JobsArgs,
     registry::{self, Registry},
@@ -62,7 +58,13 @@ enum End {
 }
 
 impl Worker {
-    pub fn new(db: PgPool, kinds: Arc<JobKinds>, registry: Arc<Registry>, cfg: Arc<JobsArgs>, owner: impl Into<String>) -> Self {
+    pub fn new(
+        db: PgPool,
+        kinds: Arc<JobKinds>,
+        registry: Arc<Registry>,
+        cfg: Arc<JobsArgs>,
+        owner: impl Into<String>,
+    ) -> Self {
         Self { db, kinds, registry, cfg, owner: owner.into(), shutdown: Arc::default() }
     }
 
@@ -160,10 +162,25 @@ impl Worker {
             End::Failed(why) => {
                 tracing::warn!(error = %why, "job failed");
                 let mut tx = self.db.begin().await?;
-                if let Some(status) =
-                    store::jobs::fail_or_retry(&mut *tx, id, &self.owner, attempt, why, false, self.cfg.retry_backoff_secs).await?
+                if let Some(status) = store::jobs::fail_or_retry(
+                    &mut *tx,
+                    id,
+                    &self.owner,
+                    attempt,
+                    why,
+                    false,
+                    self.cfg.retry_backoff_secs,
+                )
+                .await?
                 {
-                    store::jobs::append_event(&mut *tx, id, attempt, "status", &json!({"status": status, "error": why})).await?;
+                    store::jobs::append_event(
+                        &mut *tx,
+                        id,
+                        attempt,
+                        "status",
+                        &json!({"status": status, "error": why}),
+                    )
+                    .await?;
                 }
                 tx.commit().await?;
             }
@@ -174,9 +191,23 @@ impl Worker {
             End::Interrupted => {
                 tracing::info!("job interrupted by shutdown; returned to the queue");
                 let mut tx = self.db.begin().await?;
-                if store::jobs::release(&mut *tx, id, &self.owner, attempt, "interrupted by a worker shutdown; requeued").await? {
-                    store::jobs::append_event(&mut *tx, id, attempt, "status", &json!({"status": "queued", "reason": "worker shutdown"}))
-                        .await?;
+                if store::jobs::release(
+                    &mut *tx,
+                    id,
+                    &self.owner,
+                    attempt,
+                    "interrupted by a worker shutdown; requeued",
+                )
+                .await?
+                {
+                    store::jobs::append_event(
+                        &mut *tx,
+                        id,
+                        attempt,
+                        "status",
+                        &json!({"status": "queued", "reason": "worker shutdown"}),
+                    )
+                    .await?;
                 }
                 tx.commit().await?;
             }
@@ -199,8 +230,14 @@ impl Worker {
         if !store::jobs::finish(&mut *tx, id, &self.owner, attempt, status, error, result, model_id).await? {
             return Ok(false);
         }
-        store::jobs::append_event(&mut *tx, id, attempt, "status", &json!({"status": status, "error": error, "model_id": model_id}))
-            .await?;
+        store::jobs::append_event(
+            &mut *tx,
+            id,
+            attempt,
+            "status",
+            &json!({"status": status, "error": error, "model_id": model_id}),
+        )
+        .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -208,7 +245,13 @@ impl Worker {
     /// Registers what a successful run produced and ends the job as
     /// succeeded, atomically: the version row and the job's end commit
     /// together, and a folder whose registration did not commit is removed.
-    async fn register(&self, job: &JobRow, snapshot: &DataSnapshot, staging: &std::path::Path, outcome: Outcome) -> anyhow::Result<End> {
+    async fn register(
+        &self,
+        job: &JobRow,
+        snapshot: &DataSnapshot,
+        staging: &std::path::Path,
+        outcome: Outcome,
+    ) -> anyhow::Result<End> {
         let v = match outcome {
             Outcome::Result(result) => {
                 return Ok(if self.finish(job.id, job.attempts, "succeeded", None, Some(&result), None).await? {
@@ -249,7 +292,9 @@ impl Worker {
         let committed: anyhow::Result<bool> = async {
             let mut tx = self.db.begin().await?;
             let row = store::models::insert(&mut *tx, &new).await?;
-            if !store::jobs::finish(&mut *tx, job.id, &self.owner, job.attempts, "succeeded", None, None, Some(row.id)).await? {
+            if !store::jobs::finish(&mut *tx, job.id, &self.owner, job.attempts, "succeeded", None, None, Some(row.id))
+                .await?
+            {
                 return Ok(false);
             }
             store::jobs::append_event(

@@ -21,7 +21,10 @@ use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::{ml::data::Vocabularies, store::models::{self as store, ModelRow}};
+use crate::{
+    ml::data::Vocabularies,
+    store::models::{self as store, ModelRow},
+};
 
 /// The kinds of model the service knows. A version of each kind can be
 /// active at a time.
@@ -141,7 +144,8 @@ pub fn verify_dir(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), St
 /// Reads and verifies a version's folder (blocking).
 pub fn load_blocking(models_dir: &Path, row: &ModelRow) -> Result<LoadedModel, RegistryError> {
     let path = models_dir.join(&row.artifact_path);
-    let integrity = |problem: String| RegistryError::Integrity { kind: row.kind.clone(), version: row.version.clone(), problem };
+    let integrity =
+        |problem: String| RegistryError::Integrity { kind: row.kind.clone(), version: row.version.clone(), problem };
     verify_dir(&path, &row.files).map_err(integrity)?;
     let config = match std::fs::read(path.join("config.json")) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| integrity(format!("config.json is not JSON: {e}")))?,
@@ -221,7 +225,12 @@ impl Registry {
 
     /// Moves a staged artifact folder to `<kind>/<version>/` and returns its
     /// relative path and file checksums (computed here, never by the job).
-    pub fn install_blocking(&self, staged: &Path, kind: &str, version: &str) -> anyhow::Result<(String, BTreeMap<String, String>)> {
+    pub fn install_blocking(
+        &self,
+        staged: &Path,
+        kind: &str,
+        version: &str,
+    ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
         let files = hash_dir(staged)?;
         anyhow::ensure!(!files.is_empty(), "the job produced no artifact files");
         anyhow::ensure!(files.contains_key("config.json"), "the artifact folder has no config.json");
@@ -376,10 +385,13 @@ impl Registry {
 type Shipped = (String, BTreeMap<String, String>, Value, Value, Value);
 
 fn register_shipped_blocking(dir: &Path, src: &Path, kind: ModelKind, version: &str) -> Result<Shipped, RegistryError> {
-    let integrity = |problem: String| RegistryError::Integrity { kind: kind.as_str().into(), version: version.into(), problem };
+    let integrity =
+        |problem: String| RegistryError::Integrity { kind: kind.as_str().into(), version: version.into(), problem };
     if let Ok(sums) = std::fs::read_to_string(src.join("SHA256SUMS")) {
         for line in sums.lines().filter(|l| !l.trim().is_empty()) {
-            let (sum, name) = line.split_once(char::is_whitespace).ok_or_else(|| integrity(format!("bad SHA256SUMS line `{line}`")))?;
+            let (sum, name) = line
+                .split_once(char::is_whitespace)
+                .ok_or_else(|| integrity(format!("bad SHA256SUMS line `{line}`")))?;
             let name = name.trim_start().trim_start_matches('*');
             let actual = sha256_file(&src.join(name)).map_err(|e| integrity(format!("{name}: {e}")))?;
             if actual != sum {
@@ -398,7 +410,10 @@ fn register_shipped_blocking(dir: &Path, src: &Path, kind: ModelKind, version: &
         Value::Null => serde_json::json!({}),
         m => m,
     };
-    let vocab = match std::fs::read(src.join("vocab.json")).ok().and_then(|b| serde_json::from_slice::<Vocabularies>(&b).ok()) {
+    let vocab = match std::fs::read(src.join("vocab.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vocabularies>(&b).ok())
+    {
         Some(v) => vocab_summary(&v),
         None => serde_json::json!({}),
     };

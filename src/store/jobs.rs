@@ -195,7 +195,13 @@ pub async fn append_event_fenced(
 
 /// Appends an event whatever the job's state (lifecycle events written by
 /// the API or the reaper).
-pub async fn append_event(db: impl PgExecutor<'_>, id: Uuid, attempt: i32, kind: &str, data: &Value) -> sqlx::Result<()> {
+pub async fn append_event(
+    db: impl PgExecutor<'_>,
+    id: Uuid,
+    attempt: i32,
+    kind: &str,
+    data: &Value,
+) -> sqlx::Result<()> {
     sqlx::query(
         "WITH j AS (UPDATE jobs SET last_event_id = last_event_id + 1 WHERE id = $1 RETURNING last_event_id)
          INSERT INTO job_events (job_id, id, attempt, kind, data) SELECT $1, last_event_id, $2, $3, $4 FROM j",
@@ -332,15 +338,19 @@ pub enum CancelOutcome {
 }
 
 pub async fn cancel(conn: &mut sqlx::PgConnection, id: Uuid) -> sqlx::Result<CancelOutcome> {
-    let status: Option<String> =
-        sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(&mut *conn).await?;
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     Ok(match status.as_deref() {
         None => CancelOutcome::NotFound,
         Some("queued") => {
-            sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = true, finished_at = now() WHERE id = $1")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(
+                "UPDATE jobs SET status = 'cancelled', cancel_requested = true, finished_at = now() WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *conn)
+            .await?;
             CancelOutcome::Cancelled
         }
         Some("running") => {

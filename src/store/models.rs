@@ -86,7 +86,9 @@ pub async fn active(db: impl PgExecutor<'_>, kind: &str) -> sqlx::Result<Option<
 }
 
 pub async fn all_active(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<ModelRow>> {
-    sqlx::query_as(concat!("SELECT ", model_cols!(), " FROM models WHERE status = 'active' ORDER BY kind")).fetch_all(db).await
+    sqlx::query_as(concat!("SELECT ", model_cols!(), " FROM models WHERE status = 'active' ORDER BY kind"))
+        .fetch_all(db)
+        .await
 }
 
 pub async fn count_kind(db: impl PgExecutor<'_>, kind: &str) -> sqlx::Result<i64> {
@@ -119,7 +121,10 @@ pub async fn list(
 /// goes back to `ready`. Serialized per kind by an advisory lock. Returns
 /// the previous active version's id.
 pub async fn activate(conn: &mut sqlx::PgConnection, kind: &str, id: Uuid) -> sqlx::Result<Option<Uuid>> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('medchange.models.' || $1))").bind(kind).execute(&mut *conn).await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('medchange.models.' || $1))")
+        .bind(kind)
+        .execute(&mut *conn)
+        .await?;
     let previous: Option<Uuid> = sqlx::query_scalar(
         "UPDATE models SET status = 'ready' WHERE kind = $1 AND status = 'active' AND id <> $2 RETURNING id",
     )

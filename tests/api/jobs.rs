@@ -96,7 +96,12 @@ async fn lifecycle_from_creation_to_an_active_version(pool: PgPool) {
     }
     let split: Value = serde_json::from_slice(&std::fs::read(dir.join("split.json")).unwrap()).unwrap();
     assert_eq!(split["seed"], 7);
-    assert_eq!(split["train"].as_array().unwrap().len() + split["val"].as_array().unwrap().len() + split["test"].as_array().unwrap().len(), 30);
+    assert_eq!(
+        split["train"].as_array().unwrap().len()
+            + split["val"].as_array().unwrap().len()
+            + split["test"].as_array().unwrap().len(),
+        30
+    );
     assert!(!app.models_dir.join(".staging").join(format!("{job}-1")).exists(), "staging is cleaned up");
 
     // Activate: served at once.
@@ -114,8 +119,11 @@ async fn lifecycle_from_creation_to_an_active_version(pool: PgPool) {
     assert_eq!(done.status, "succeeded", "{:?}", done.error);
     let r = app.admin_get(&format!("/v1/jobs/{eval}")).await;
     assert_eq!(r.body["params"]["split"], "test", "defaults are filled in");
-    assert_eq!(r.body["result"]["metrics"], app.admin_get(&format!("/v1/models/{model}")).await.body["metrics"]["test"],
-        "evaluation reproduces the training's test metrics");
+    assert_eq!(
+        r.body["result"]["metrics"],
+        app.admin_get(&format!("/v1/models/{model}")).await.body["metrics"]["test"],
+        "evaluation reproduces the training's test metrics"
+    );
 
     // A second version replaces the first; compare, retire.
     create(&app, json!({"kind": "train_copy_previous"})).await;
@@ -158,7 +166,12 @@ async fn bad_jobs_are_refused_at_creation(pool: PgPool) {
     assert!(r.text.contains("not available in this build"), "{}", r.text);
     assert_eq!(app.count("jobs").await, 0, "nothing was queued");
     let kinds = app.admin_get("/v1/job-kinds").await.body;
-    let names: Vec<(&str, bool)> = kinds.as_array().unwrap().iter().map(|k| (k["name"].as_str().unwrap(), k["available"].as_bool().unwrap())).collect();
+    let names: Vec<(&str, bool)> = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["name"].as_str().unwrap(), k["available"].as_bool().unwrap()))
+        .collect();
     assert!(names.contains(&("train_copy_previous", true)) && names.contains(&("train_micron", false)), "{names:?}");
 }
 
@@ -306,7 +319,9 @@ async fn cancelling_a_queued_job(pool: PgPool) {
     assert_eq!(r.body["status"], "cancelled");
     assert!(app.worker("w").claim_and_run_one().await.unwrap().is_none(), "a cancelled job is never claimed");
     app.admin_post(&format!("/v1/jobs/{job}/cancel"), None).await.assert_problem(409, "/problems/conflict");
-    app.admin_post(&format!("/v1/jobs/{}/cancel", Uuid::now_v7()), None).await.assert_problem(404, "/problems/not-found");
+    app.admin_post(&format!("/v1/jobs/{}/cancel", Uuid::now_v7()), None)
+        .await
+        .assert_problem(404, "/problems/not-found");
 }
 
 #[sqlx::test]

@@ -103,7 +103,11 @@ impl JobKind for TrainCopyPrevious {
     fn run(&self, p: CopyPreviousParams, ctx: &JobContext) -> anyhow::Result<Outcome> {
         ctx.progress(Progress::log("loading the stored visits"));
         let data = ctx.load_training_data()?;
-        anyhow::ensure!(data.patients.len() >= 3, "the data snapshot has {} patients; at least 3 are needed", data.patients.len());
+        anyhow::ensure!(
+            data.patients.len() >= 3,
+            "the data snapshot has {} patients; at least 3 are needed",
+            data.patients.len()
+        );
         let split = data.split(p.seed);
         let vocab = Vocabularies::from_training(&data.patients, &split.train);
         let n_med = vocab.med.len();

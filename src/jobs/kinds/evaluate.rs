@@ -93,7 +93,12 @@ impl JobKind for Evaluate {
                 data.select(ids)
             }
         };
-        ctx.progress(Progress::log(format!("evaluating {} version {} on {} patients", model.kind, model.version, patients.len())));
+        ctx.progress(Progress::log(format!(
+            "evaluating {} version {} on {} patients",
+            model.kind,
+            model.version,
+            patients.len()
+        )));
         let predictions = copy_previous::predict(ctx, &vocab, &patients, 1)?;
         let metrics = copy_previous::score(&predictions, vocab.med.len());
         ctx.progress(Progress::epoch(1, Some(1), json!({ "metrics": metrics })));
