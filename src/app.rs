@@ -41,6 +41,9 @@ pub struct AppState {
     pub kinds: Arc<JobKinds>,
     /// Model versions and the served (active) one of each kind.
     pub registry: Arc<Registry>,
+    /// Turns true when the server shuts down; long-lived responses (event
+    /// streams) end then, so that graceful shutdown does not wait on them.
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -51,7 +54,15 @@ impl AppState {
 
     pub fn with_jobs(db: PgPool, http: HttpArgs, jobs: JobsArgs, kinds: JobKinds) -> Self {
         let registry = Arc::new(Registry::new(db.clone(), jobs.models_dir.clone()));
-        Self { db, http: Arc::new(http), metrics: Arc::default(), jobs: Arc::new(jobs), kinds: Arc::new(kinds), registry }
+        Self {
+            db,
+            http: Arc::new(http),
+            metrics: Arc::default(),
+            jobs: Arc::new(jobs),
+            kinds: Arc::new(kinds),
+            registry,
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
     }
 
     /// A worker sharing this state's database, kinds, registry and settings.

@@ -144,7 +144,13 @@ async fn serve_with(pool: PgPool, args: &ServeArgs) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     println!("medchange: listening on http://{addr} (API docs at http://{addr}/docs)");
     let _ = std::io::stdout().flush();
-    let served = axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await;
+    let closing = state.shutdown.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            closing.send_replace(true); // ends open event streams
+        })
+        .await;
     tracing::info!("shutting down: stopping the workers (a running job is requeued)");
     let _ = stop_tx.send(true);
     for w in workers {

@@ -450,7 +450,15 @@ pub async fn stream_job_events(
         return Err(ApiError::NotFound("job".into()));
     }
     let tail =
-        Tail { db: state.db.clone(), id, after, buf: VecDeque::new(), done: false, poll: Duration::from_millis(250) };
+        Tail {
+            db: state.db.clone(),
+            id,
+            after,
+            buf: VecDeque::new(),
+            done: false,
+            poll: Duration::from_millis(250),
+            shutdown: state.shutdown.subscribe(),
+        };
     let stream = futures::stream::unfold(tail, |mut t| async move {
         loop {
             if let Some(ev) = t.buf.pop_front() {
@@ -482,7 +490,13 @@ pub async fn stream_job_events(
                     if ended && complete {
                         t.done = true;
                     } else if t.buf.is_empty() {
-                        tokio::time::sleep(t.poll).await;
+                        if *t.shutdown.borrow() {
+                            return None; // the server is stopping; clients resume with Last-Event-ID
+                        }
+                        tokio::select! {
+                            _ = tokio::time::sleep(t.poll) => {}
+                            _ = t.shutdown.changed() => {}
+                        }
                     }
                 }
                 Err(e) => {
@@ -502,4 +516,5 @@ struct Tail {
     buf: VecDeque<store::jobs::EventRow>,
     done: bool,
     poll: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 }

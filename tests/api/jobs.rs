@@ -524,3 +524,18 @@ async fn the_worker_loop_runs_queued_jobs_and_stops_on_shutdown(pool: PgPool) {
     tokio::time::timeout(std::time::Duration::from_secs(30), worker).await.expect("the loop stopped").unwrap();
     assert_eq!(counting.0.lock().unwrap().len(), 1);
 }
+
+#[sqlx::test]
+async fn open_event_streams_end_when_the_server_shuts_down(pool: PgPool) {
+    let app = Arc::new(TestApp::new(pool).await);
+    let job = create(&app, json!({"kind": "train_copy_previous"})).await; // stays queued: no worker
+    let open = {
+        let (app, job) = (app.clone(), job.clone());
+        tokio::spawn(async move { stream(&app, &job, None).await })
+    };
+    app.state.shutdown.send_replace(true);
+    let (status, text) =
+        tokio::time::timeout(std::time::Duration::from_secs(30), open).await.expect("the stream ended").unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(frames(&text).iter().map(|f| f.0).collect::<Vec<_>>(), [1], "what existed was delivered first");
+}
