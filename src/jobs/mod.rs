@@ -22,16 +22,27 @@
 //!                 ctx.checkpoint()?;                       // stops here when cancelled
 //!                 ctx.progress(Progress::step(epoch, step).loss(l).throughput(x).eta(s));
 //!             }
-//!             ctx.progress(Progress::epoch(epoch, p.epochs, val_metrics_json));
+//!             ctx.progress(Progress::epoch(epoch, Some(p.epochs), json!({"val": val_metrics})));
 //!         }
-//!         // write weights, config.json, vocab.json, metrics.json into ctx.artifact_dir()
-//!         Ok(Outcome::Version(NewVersion { .. }))        // the worker checksums and registers it
+//!         // weights (burn's save_file into ctx.artifact_dir()), then:
+//!         ctx.write_json("config.json", &config)?;
+//!         ctx.write_json("vocab.json", &vocab)?;   // Vocabularies::from_training(..)
+//!         ctx.write_json("metrics.json", &metrics)?;
+//!         ctx.write_json("split.json", &data.split_file(&split))?;
+//!         Ok(Outcome::Version(NewVersion { kind: ModelKind::Micron, config, metrics,
+//!             val_score: Some(val.jaccard), vocab: registry::vocab_summary(&vocab), parent: None }))
+//!         // the worker computes the checksums, moves the folder to models/micron/<version>/
+//!         // and records the version with its lineage
 //!     }
 //! }
 //! ```
 //!
 //! `run` is called on a blocking thread (`spawn_blocking`), never on the
-//! async runtime.
+//! async runtime. An error fails the job at once (trainer errors are taken
+//! as deterministic); only crashed workers (stale heartbeats) are retried.
+//! Return `Err(Cancelled.into())` (what `ctx.checkpoint()?` does) to stop:
+//! the worker ends the job as cancelled, or requeues it on shutdown, and
+//! removes the artifact folder either way.
 pub mod bench;
 pub mod context;
 pub mod data;
