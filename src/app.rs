@@ -20,7 +20,9 @@ use tracing::Level;
 use utoipa_swagger_ui::SwaggerUi;
 
 use crate::{
-    config::HttpArgs,
+    config::{HttpArgs, JobsArgs},
+    jobs::JobKinds,
+    registry::Registry,
     http::{
         self,
         error::{PROBLEM_JSON, Problem, problem_for_status, problem_response},
@@ -34,11 +36,38 @@ pub struct AppState {
     pub db: PgPool,
     pub http: Arc<HttpArgs>,
     pub metrics: Arc<HttpMetrics>,
+    pub jobs: Arc<JobsArgs>,
+    /// The job kinds `POST /v1/jobs` accepts.
+    pub kinds: Arc<JobKinds>,
+    /// Model versions and the served (active) one of each kind.
+    pub registry: Arc<Registry>,
+    /// Turns true when the server shuts down; long-lived responses (event
+    /// streams) end then, so that graceful shutdown does not wait on them.
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
+    /// Default job settings and the built-in job kinds.
     pub fn new(db: PgPool, http: HttpArgs) -> Self {
-        Self { db, http: Arc::new(http), metrics: Arc::default() }
+        Self::with_jobs(db, http, JobsArgs::default(), JobKinds::builtin())
+    }
+
+    pub fn with_jobs(db: PgPool, http: HttpArgs, jobs: JobsArgs, kinds: JobKinds) -> Self {
+        let registry = Arc::new(Registry::new(db.clone(), jobs.models_dir.clone()));
+        Self {
+            db,
+            http: Arc::new(http),
+            metrics: Arc::default(),
+            jobs: Arc::new(jobs),
+            kinds: Arc::new(kinds),
+            registry,
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
+    }
+
+    /// A worker sharing this state's database, kinds, registry and settings.
+    pub fn worker(&self, owner: impl Into<String>) -> crate::jobs::Worker {
+        crate::jobs::Worker::new(self.db.clone(), self.kinds.clone(), self.registry.clone(), self.jobs.clone(), owner)
     }
 }
 

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use crate::{
     app::{AppState, app},
-    config::{Cli, Command, GlobalArgs, ImportCommand, KeysCommand, ServeArgs},
+    config::{BenchCommand, Cli, Command, GlobalArgs, ImportCommand, JobsArgs, KeysCommand, ServeArgs},
     db, pgcluster::LocalCluster, store, telemetry,
 };
 
@@ -90,6 +90,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(args) => train_cmd(&cli.global, args).await,
         Command::Eval(args) => eval_cmd(&cli.global, args).await,
         Command::Serve(args) => serve(&cli.global, args).await,
+        Command::Worker(args) => {
+            let (pool, mut cluster) = database(&cli.global).await?;
+            let result = worker_with(pool, args.jobs).await;
+            stop(&mut cluster);
+            result
+        }
+        Command::Bench { command: BenchCommand::Queue(args) } => {
+            let (pool, mut cluster) = database(&cli.global).await?;
+            let result = crate::jobs::bench::run(pool, &args).await;
+            stop(&mut cluster);
+            result
+        }
     }
 }
 
@@ -249,14 +261,72 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
 async fn serve_with(pool: PgPool, args: &ServeArgs) -> anyhow::Result<()> {
     db::migrate(&pool).await.context("applying migrations")?;
     bootstrap_admin(&pool, args.admin_key.as_ref().map(|s| s.expose())).await?;
-    let state = AppState::new(pool.clone(), args.http.clone());
+    let state = AppState::with_jobs(pool.clone(), args.http.clone(), args.jobs.clone(), crate::jobs::JobKinds::builtin());
+    // A fresh install serves the shipped default models at once.
+    let shipped = state.registry.register_shipped(&args.jobs.shipped_models).await.context("registering the shipped models")?;
+    for m in &shipped {
+        tracing::info!(kind = %m.kind, version = %m.version, "shipped model registered and activated");
+    }
+    state.registry.refresh().await.context("loading the active models")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let refresher = tokio::spawn(refresh_models(state.clone(), stop_rx.clone()));
+    let workers = spawn_workers(&state, args.jobs.workers, &stop_rx);
     let listener = tokio::net::TcpListener::bind(args.bind).await.with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("medchange: listening on http://{addr} (API docs at http://{addr}/docs)");
     let _ = std::io::stdout().flush();
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown_signal()).await?;
-    tracing::info!("shutting down");
+    let closing = state.shutdown.clone();
+    let served = axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            closing.send_replace(true); // ends open event streams
+        })
+        .await;
+    tracing::info!("shutting down: stopping the workers (a running job is requeued)");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
+    refresher.abort();
+    pool.close().await;
+    served?;
+    Ok(())
+}
+
+/// Starts `n` job workers; they stop when `stop` turns true.
+fn spawn_workers(state: &AppState, n: usize, stop: &tokio::sync::watch::Receiver<bool>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..n).map(|i| tokio::spawn(state.worker(crate::jobs::worker::owner_name(i)).run(stop.clone()))).collect()
+}
+
+/// Follows activations made by other replicas (and automatic promotions by
+/// workers elsewhere).
+async fn refresh_models(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(state.jobs.model_refresh()) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = state.registry.refresh().await {
+            tracing::warn!(error = %e, "refreshing the active models failed");
+        }
+    }
+}
+
+/// `medchange worker`: job workers only, until SIGINT/SIGTERM.
+async fn worker_with(pool: PgPool, jobs: JobsArgs) -> anyhow::Result<()> {
+    db::migrate(&pool).await.context("applying migrations")?;
+    let n = jobs.workers.max(1);
+    let state = AppState::with_jobs(pool.clone(), Default::default(), jobs, crate::jobs::JobKinds::builtin());
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers = spawn_workers(&state, n, &stop_rx);
+    eprintln!("medchange: {n} worker(s) running (kinds: {}); Ctrl-C stops them", state.kinds.names().join(", "));
+    shutdown_signal().await;
+    tracing::info!("stopping the workers (a running job is requeued)");
+    let _ = stop_tx.send(true);
+    for w in workers {
+        let _ = w.await;
+    }
     pool.close().await;
     Ok(())
 }

@@ -87,6 +87,14 @@ pub enum Command {
     Train(TrainArgs),
     /// Print the metric table of a model and the baselines on a split.
     Eval(EvalArgs),
+    /// Run job workers only (no HTTP): training can run on other machines
+    /// that share the database and the models directory.
+    Worker(WorkerArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
@@ -205,11 +213,112 @@ pub struct ServeArgs {
     pub admin_key: Option<Secret>,
     #[command(flatten)]
     pub http: HttpArgs,
+    #[command(flatten)]
+    pub jobs: JobsArgs,
 }
 
 impl Default for ServeArgs {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:8080".parse().unwrap(), admin_key: None, http: HttpArgs::default() }
+        Self { bind: "127.0.0.1:8080".parse().unwrap(), admin_key: None, http: HttpArgs::default(), jobs: JobsArgs::default() }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub jobs: JobsArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The job queue's overhead: claims per second with several workers,
+    /// and the time from creation to start (in a scratch database).
+    Queue(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Jobs per throughput round.
+    #[arg(long, default_value_t = 2000)]
+    pub jobs: usize,
+    /// Worker counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8")]
+    pub workers: Vec<usize>,
+    /// Jobs created one by one for the creation-to-start latency.
+    #[arg(long, default_value_t = 200)]
+    pub latency_jobs: usize,
+}
+
+/// Background jobs and the model registry.
+#[derive(Debug, Clone, Args)]
+pub struct JobsArgs {
+    /// Job workers in this process (`serve`: 0 disables them).
+    #[arg(long, env = "MEDCHANGE_WORKERS", default_value_t = 1)]
+    pub workers: usize,
+    /// Model artifacts (`<kind>/<version>/`); shared by every replica and worker.
+    #[arg(long, env = "MEDCHANGE_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Model folders shipped with the service (`<kind>/`), registered and
+    /// activated on start for kinds that have no version yet.
+    #[arg(long, env = "MEDCHANGE_SHIPPED_MODELS", default_value = "models/shipped")]
+    pub shipped_models: PathBuf,
+    /// Seconds between a running job's heartbeats.
+    #[arg(long, env = "MEDCHANGE_JOB_HEARTBEAT_SECS", default_value_t = 5.0)]
+    pub heartbeat_secs: f64,
+    /// A running job whose heartbeat is older than this many seconds is
+    /// taken back from its (presumably crashed) worker.
+    #[arg(long, env = "MEDCHANGE_JOB_LEASE_TIMEOUT_SECS", default_value_t = 60.0)]
+    pub lease_timeout_secs: f64,
+    /// Attempts per job (crashed runs are retried until this many).
+    #[arg(long, env = "MEDCHANGE_JOB_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: i32,
+    /// Base of the exponential retry backoff, in seconds.
+    #[arg(long, env = "MEDCHANGE_JOB_RETRY_BACKOFF_SECS", default_value_t = 10.0)]
+    pub retry_backoff_secs: f64,
+    /// Idle workers check the queue at least this often (they are also
+    /// woken by a notification when a job is queued).
+    #[arg(long, env = "MEDCHANGE_JOB_POLL_SECS", default_value_t = 2.0)]
+    pub poll_secs: f64,
+    /// Minimum seconds between stored per-step progress events.
+    #[arg(long, env = "MEDCHANGE_JOB_STEP_EVENT_SECS", default_value_t = 0.5)]
+    pub step_event_interval_secs: f64,
+    /// Activate a new version automatically when its validation score beats
+    /// the active version's by at least this margin (unset: never).
+    #[arg(long, env = "MEDCHANGE_AUTO_PROMOTE_MARGIN")]
+    pub auto_promote_margin: Option<f64>,
+    /// Seconds between checks of the active versions in the database (so
+    /// replicas follow activations made elsewhere).
+    #[arg(long, env = "MEDCHANGE_MODEL_REFRESH_SECS", default_value_t = 5.0)]
+    pub model_refresh_secs: f64,
+}
+
+impl Default for JobsArgs {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            models_dir: "models".into(),
+            shipped_models: "models/shipped".into(),
+            heartbeat_secs: 5.0,
+            lease_timeout_secs: 60.0,
+            max_attempts: 3,
+            retry_backoff_secs: 10.0,
+            poll_secs: 2.0,
+            step_event_interval_secs: 0.5,
+            auto_promote_margin: None,
+            model_refresh_secs: 5.0,
+        }
+    }
+}
+
+impl JobsArgs {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs_f64(self.heartbeat_secs.max(0.01))
+    }
+    pub fn poll(&self) -> Duration {
+        Duration::from_secs_f64(self.poll_secs.max(0.01))
+    }
+    pub fn model_refresh(&self) -> Duration {
+        Duration::from_secs_f64(self.model_refresh_secs.max(0.1))
     }
 }
 

@@ -78,6 +78,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("idempotency key reused with a different request")]
     IdempotencyMismatch,
+    #[error("{0}")]
+    ArtifactIntegrity(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -104,6 +106,7 @@ impl ApiError {
             ApiError::NotFound(_) => ("/problems/not-found", "Not found", StatusCode::NOT_FOUND),
             ApiError::Conflict(_) => ("/problems/conflict", "Conflict", StatusCode::CONFLICT),
             ApiError::IdempotencyMismatch => ("/problems/idempotency-key-reused", "Idempotency key reused", StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::ArtifactIntegrity(_) => ("/problems/artifact-integrity", "Model artifacts failed verification", StatusCode::CONFLICT),
             ApiError::Unavailable(_) => ("/problems/unavailable", "Service unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::Database(_) | ApiError::Internal(_) => ("/problems/internal", "Internal server error", StatusCode::INTERNAL_SERVER_ERROR),
         }

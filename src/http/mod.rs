@@ -4,8 +4,10 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
+pub mod models;
 pub mod openapi;
 pub mod pagination;
 pub mod patients;
@@ -23,6 +25,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(patients::router())
         .merge(visits::router())
         .merge(keys::router())
+        .merge(jobs::router())
+        .merge(models::router())
 }
 
 /// The OpenAPI document as served and committed.

@@ -19,11 +19,14 @@ use super::error::{FieldError, Problem};
             Errors are `application/problem+json` (RFC 9457) with a stable `type`.",
         license(name = "MIT OR Apache-2.0")
     ),
-    components(schemas(Problem, FieldError)),
+    components(schemas(Problem, FieldError, crate::jobs::Progress, crate::jobs::DataSnapshot,
+        crate::jobs::kinds::copy_previous::CopyPreviousParams, crate::jobs::kinds::evaluate::EvaluateParams)),
     tags(
         (name = "patients", description = "Patients and erasure"),
         (name = "visits", description = "A patient's visit history"),
         (name = "api-keys", description = "API keys (admin)"),
+        (name = "jobs", description = "Training and evaluation jobs, with live progress (admin)"),
+        (name = "models", description = "The model registry: versions, comparison, activation (admin)"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

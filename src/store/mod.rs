@@ -4,3 +4,5 @@ pub mod idempotency;
 pub mod keys;
 pub mod patients;
 pub mod visits;
+pub mod jobs;
+pub mod models;

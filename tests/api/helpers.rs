@@ -5,7 +5,13 @@ use axum::{
     http::{HeaderMap, Method, Request, StatusCode, header},
 };
 use http_body_util::BodyExt;
-use medchange::{app::{AppState, app}, config::HttpArgs, domain::Role, store};
+use medchange::{
+    app::{AppState, app},
+    config::{HttpArgs, JobsArgs},
+    domain::Role,
+    jobs::JobKinds,
+    store,
+};
 use serde_json::Value;
 use sqlx::PgPool;
 use tower::ServiceExt;
@@ -15,6 +21,29 @@ pub struct TestApp {
     pub pool: PgPool,
     pub admin: String,
     pub clinical: String,
+    pub state: AppState,
+    /// This test's own models directory (removed on drop).
+    pub models_dir: std::path::PathBuf,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.models_dir);
+    }
+}
+
+/// Job settings for tests: a private models directory, every step event
+/// stored, no retry backoff, and heartbeats that never fire on their own
+/// (tests move time by editing `heartbeat_at`).
+pub fn test_jobs_args() -> JobsArgs {
+    JobsArgs {
+        models_dir: std::env::temp_dir().join(format!("medchange-test-models-{}", uuid::Uuid::new_v4())),
+        heartbeat_secs: 3600.0,
+        lease_timeout_secs: 60.0,
+        retry_backoff_secs: 0.0,
+        step_event_interval_secs: 0.0,
+        ..JobsArgs::default()
+    }
 }
 
 pub struct Res {
@@ -58,10 +87,58 @@ impl TestApp {
     }
 
     pub async fn with_http(pool: PgPool, http: HttpArgs) -> Self {
+        Self::build(pool, http, test_jobs_args(), JobKinds::builtin()).await
+    }
+
+    /// With extra job kinds (added to the built-in ones) and job settings.
+    pub async fn with_jobs(pool: PgPool, jobs: JobsArgs, kinds: JobKinds) -> Self {
+        Self::build(pool, HttpArgs::default(), jobs, kinds).await
+    }
+
+    async fn build(pool: PgPool, http: HttpArgs, jobs: JobsArgs, kinds: JobKinds) -> Self {
         let admin = key(&pool, Role::Admin).await;
         let clinical = key(&pool, Role::Clinical).await;
-        let router = app(AppState::new(pool.clone(), http));
-        TestApp { router, pool, admin, clinical }
+        let models_dir = jobs.models_dir.clone();
+        let state = AppState::with_jobs(pool.clone(), http, jobs, kinds);
+        let router = app(state.clone());
+        TestApp { router, pool, admin, clinical, state, models_dir }
+    }
+
+    /// A worker of this app (drive it with `claim_and_run_one`).
+    pub fn worker(&self, name: &str) -> medchange::jobs::Worker {
+        self.state.worker(name)
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Res {
+        self.call(Method::GET, path, Some(&self.admin.clone()), None).await
+    }
+
+    pub async fn admin_post(&self, path: &str, body: Option<Value>) -> Res {
+        self.call(Method::POST, path, Some(&self.admin.clone()), body).await
+    }
+
+    /// Stores `patients` patients with `visits` visits each (medications
+    /// known), straight through the store.
+    pub async fn seed_visits(&self, patients: usize, visits: usize) {
+        for p in 0..patients {
+            let mut tx = self.pool.begin().await.unwrap();
+            let row = store::patients::insert(&mut *tx, "seed", &format!("P{p}-{}", uuid::Uuid::new_v4())).await.unwrap();
+            for v in 0..visits {
+                let diag = vec![format!("D{}", (p + v) % 7), format!("D{}", v % 3)];
+                let proc = vec![format!("X{}", p % 4)];
+                let meds = vec![format!("M{}", (p + v) % 5), format!("M{}", p % 3 + 5)];
+                let t = chrono::DateTime::<chrono::Utc>::from_timestamp(1_700_000_000 + (v as i64) * 86_400, 0).unwrap();
+                let new = store::visits::NewVisit {
+                    occurred_at: Some(t),
+                    diagnoses: &diag,
+                    procedures: &proc,
+                    medications: Some(&meds),
+                    source: None,
+                };
+                store::visits::insert_locked(&mut tx, row.id, &new).await.unwrap();
+            }
+            tx.commit().await.unwrap();
+        }
     }
 
     pub async fn send(&self, req: Request<Body>) -> Res {

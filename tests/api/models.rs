@@ -1,0 +1,111 @@
+//! The registry's integrity guarantees: a tampered artifact is refused
+//! loudly and the served version stays; shipped default models are
+//! registered on first start.
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::TestApp;
+
+async fn train(app: &TestApp) -> (String, std::path::PathBuf) {
+    let r = app.admin_post("/v1/jobs", Some(json!({"kind": "train_copy_previous"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let done = app.worker("w").claim_and_run_one().await.unwrap().unwrap();
+    assert_eq!(done.status, "succeeded", "{:?}", done.error);
+    let id = done.model_id.unwrap().to_string();
+    let m = app.admin_get(&format!("/v1/models/{id}")).await.body;
+    (id, app.models_dir.join(m["artifact_path"].as_str().unwrap()))
+}
+
+#[sqlx::test]
+async fn a_tampered_artifact_is_refused_and_the_active_version_keeps_serving(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed_visits(15, 3).await;
+    let (v1, _) = train(&app).await;
+    let (v2, dir2) = train(&app).await;
+    assert_eq!(app.admin_post(&format!("/v1/models/{v1}/activate"), None).await.status, StatusCode::OK);
+
+    // Someone edits v2's metrics on disk.
+    let path = dir2.join("metrics.json");
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    text = text.replacen("\"jaccard\"", "\"jaccard\" ", 1);
+    std::fs::write(&path, text).unwrap();
+
+    let r = app.admin_post(&format!("/v1/models/{v2}/activate"), None).await;
+    r.assert_problem(409, "/problems/artifact-integrity");
+    let detail = r.body["detail"].as_str().unwrap();
+    assert!(detail.contains("metrics.json") && detail.contains("sha256") && detail.contains("not loaded"), "{detail}");
+    // The previous version is still served, in the database and in memory.
+    let served = app.admin_get("/v1/models/active").await.body;
+    assert_eq!(served.as_array().unwrap().len(), 1);
+    assert_eq!(served[0]["model_id"], v1.as_str());
+    assert_eq!(app.admin_get(&format!("/v1/models/{v1}")).await.body["status"], "active");
+    assert_eq!(app.admin_get(&format!("/v1/models/{v2}")).await.body["status"], "ready");
+
+    // A missing file is refused too, and evaluation refuses to load it.
+    std::fs::remove_file(dir2.join("vocab.json")).unwrap();
+    let r = app.admin_post(&format!("/v1/models/{v2}/activate"), None).await;
+    r.assert_problem(409, "/problems/artifact-integrity");
+    app.admin_post("/v1/jobs", Some(json!({"kind": "evaluate", "params": {"model_id": v2}}))).await;
+    let done = app.worker("w").claim_and_run_one().await.unwrap().unwrap();
+    assert_eq!(done.status, "failed");
+    assert!(done.error.unwrap().contains("integrity check failed"));
+
+    // Another replica (a fresh registry) loads only what verifies.
+    let replica = medchange::registry::Registry::new(app.pool.clone(), app.models_dir.clone());
+    replica.refresh().await.unwrap();
+    assert_eq!(replica.active("copy_previous").unwrap().id.to_string(), v1);
+}
+
+#[sqlx::test]
+async fn activation_of_unknown_or_failed_versions(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ghost = uuid::Uuid::now_v7();
+    app.admin_post(&format!("/v1/models/{ghost}/activate"), None).await.assert_problem(404, "/problems/not-found");
+    app.admin_post(&format!("/v1/models/{ghost}/retire"), None).await.assert_problem(404, "/problems/not-found");
+    app.admin_get(&format!("/v1/models/compare?a={ghost}&b=x")).await.assert_problem(422, "/problems/validation");
+    app.admin_get("/v1/models?kind=bogus").await.assert_problem(422, "/problems/validation");
+}
+
+fn write(dir: &std::path::Path, name: &str, v: &Value) {
+    std::fs::write(dir.join(name), serde_json::to_vec(v).unwrap()).unwrap();
+}
+
+#[sqlx::test]
+async fn shipped_models_are_registered_and_served_on_first_start(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let shipped = app.models_dir.join("shipped");
+    let src = shipped.join("copy_previous");
+    std::fs::create_dir_all(&src).unwrap();
+    write(&src, "config.json", &json!({"model": "copy_previous", "seed": 1203}));
+    write(&src, "vocab.json", &json!({"diag": ["D1"], "proc": ["X1"], "med": ["M1", "M2"]}));
+    write(&src, "metrics.json", &json!({"test": {"jaccard": 0.4}}));
+    let sums: String = ["config.json", "vocab.json", "metrics.json"]
+        .iter()
+        .map(|n| format!("{}  {n}\n", medchange::registry::sha256_file(&src.join(n)).unwrap()))
+        .collect();
+    std::fs::write(src.join("SHA256SUMS"), sums).unwrap();
+
+    let registered = app.state.registry.register_shipped(&shipped).await.unwrap();
+    assert_eq!(registered.len(), 1);
+    assert_eq!(registered[0].status, "active");
+    assert_eq!(registered[0].source, "shipped");
+    assert_eq!(registered[0].vocab, json!({"diagnoses": 1, "procedures": 1, "medications": 2}));
+    assert_eq!(app.state.registry.active("copy_previous").unwrap().vocab.as_ref().unwrap().med.len(), 2);
+    // Not again once the kind has versions.
+    assert!(app.state.registry.register_shipped(&shipped).await.unwrap().is_empty());
+}
+
+#[sqlx::test]
+async fn a_shipped_folder_that_fails_its_sums_is_refused(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let shipped = app.models_dir.join("shipped");
+    let src = shipped.join("copy_previous");
+    std::fs::create_dir_all(&src).unwrap();
+    write(&src, "config.json", &json!({"model": "copy_previous"}));
+    std::fs::write(src.join("SHA256SUMS"), format!("{}  config.json\n", "0".repeat(64))).unwrap();
+    let err = app.state.registry.register_shipped(&shipped).await.unwrap_err();
+    assert!(err.to_string().contains("config.json"), "{err}");
+    assert_eq!(app.count("models").await, 0);
+    assert!(app.state.registry.active("copy_previous").is_none());
+}
