@@ -177,11 +177,18 @@ fn voc_set(file: &str, name: &str, set: VocSet) -> Result<Vocabulary, FormatErro
             pairs.into_iter().map(|(_, v)| v).collect()
         }
     };
-    let normalized = normalize_codes(&codes)
-        .map_err(|error| FormatError::at(file, 1, Reason::Code { field: name.to_string(), error }))?;
-    if normalized.len() != codes.len() || normalized != codes {
-        let reason = Reason::Json(format!("{name}: codes must be trimmed and unique"));
-        return Err(FormatError::at(file, 1, reason));
+    // Each code follows the code rule; a vocabulary may be longer than one
+    // visit's set, so codes are checked one by one.
+    let mut seen = std::collections::HashSet::with_capacity(codes.len());
+    for (index, code) in codes.iter().enumerate() {
+        let one = normalize_codes(std::slice::from_ref(code)).map_err(|mut error| {
+            error.index = index;
+            FormatError::at(file, 1, Reason::Code { field: name.to_string(), error })
+        })?;
+        if one[0] != *code || !seen.insert(code.as_str()) {
+            let reason = Reason::Json(format!("{name}: codes must be trimmed and unique (code {index})"));
+            return Err(FormatError::at(file, 1, reason));
+        }
     }
     Ok(Vocabulary::from(codes))
 }

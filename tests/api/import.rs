@@ -69,6 +69,19 @@ async fn micron_layout_fixture(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn micron_layout_with_large_vocabularies(pool: PgPool) {
+    // More distinct codes than one visit may hold (1,000): vocabularies are not visits.
+    let cohort = synth::generate(&synth::SynthConfig { patients: 400, ..Default::default() }).unwrap();
+    let dir = std::env::temp_dir().join(format!("medchange-layout-{}", uuid::Uuid::now_v7()));
+    synth::write_cohort(&cohort, &dir).unwrap();
+    let voc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("voc.json")).unwrap()).unwrap();
+    assert!(voc["diag"].as_array().unwrap().len() > 1000);
+    let s = import::micron(&pool, &dir, "layout", false).await.unwrap();
+    assert_eq!(s.patients, 400);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[sqlx::test]
 async fn ddi_pairs_fixture_and_repeats(pool: PgPool) {
     let path = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/ddi/atc3_pairs.csv"));
     let pairs = formats::read_ddi_csv(path).unwrap();
