@@ -109,3 +109,37 @@ async fn a_shipped_folder_that_fails_its_sums_is_refused(pool: PgPool) {
     assert_eq!(app.count("models").await, 0);
     assert!(app.state.registry.active("copy_previous").is_none());
 }
+
+/// The default model shipped in `models/shipped/` registers, activates and
+/// loads as a working MICRON model that predicts medication changes.
+#[sqlx::test]
+async fn the_shipped_default_micron_model_serves(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let shipped = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped"));
+    let registered = app.state.registry.register_shipped(shipped).await.unwrap();
+    let micron = registered.iter().find(|m| m.kind == "micron").expect("a shipped MICRON model");
+    assert_eq!(micron.status, "active");
+    let active = app.state.registry.active("micron").expect("served at once");
+    let dir = app.models_dir.join(&micron.artifact_path);
+    let device = medchange::ml::backend::BackendChoice::default().device();
+    let art = medchange::ml::micron::MicronArtifact::load(&dir, &device).unwrap();
+    assert_eq!(art.vocab.med.len(), active.vocab.as_ref().unwrap().med.len());
+    // A two-visit history with codes from its vocabulary: the recurrence runs.
+    let (d, p, m) = (art.vocab.diag.codes(), art.vocab.proc.codes(), art.vocab.med.codes());
+    let raw = medchange::ml::data::RawPatient {
+        id: "x".into(),
+        visits: (0..2)
+            .map(|i| medchange::ml::data::RawVisit {
+                diagnoses: d[i * 5..i * 5 + 5].to_vec(),
+                procedures: p[i..i + 2].to_vec(),
+                medications: Some(m[i * 3..i * 3 + 6].to_vec()),
+            })
+            .collect(),
+    };
+    let (patient, unknown) = art.vocab.encode_patient(&raw);
+    assert!(unknown.is_empty());
+    let pred = art.predictor().predict_patient(&patient.visits, medchange::ml::micron::Thresholds::default());
+    assert_eq!(pred.visits.len(), 1);
+    assert_eq!(pred.visits[0].probs.len(), m.len());
+    assert!(pred.visits[0].probs.iter().all(|p| (0.0..=1.0).contains(p)));
+}
