@@ -13,5 +13,6 @@ pub mod jobs;
 pub mod ml;
 pub mod pgcluster;
 pub mod registry;
+pub mod serving;
 pub mod store;
 pub mod telemetry;

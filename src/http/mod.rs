@@ -11,6 +11,7 @@ pub mod models;
 pub mod openapi;
 pub mod pagination;
 pub mod patients;
+pub mod predictions;
 pub mod visits;
 
 use utoipa_axum::router::OpenApiRouter;
@@ -27,6 +28,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(keys::router())
         .merge(jobs::router())
         .merge(models::router())
+        .merge(predictions::router())
 }
 
 /// The OpenAPI document as served and committed.

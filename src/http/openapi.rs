@@ -23,7 +23,8 @@ use super::error::{FieldError, Problem};
         crate::jobs::kinds::copy_previous::CopyPreviousParams, crate::jobs::kinds::evaluate::EvaluateParams)),
     tags(
         (name = "patients", description = "Patients and erasure"),
-        (name = "visits", description = "A patient's visit history"),
+        (name = "visits", description = "A patient's visit history; appending a visit predicts its medication change"),
+        (name = "predictions", description = "Medication-change predictions: stored, previews, stateless batches, audit"),
         (name = "api-keys", description = "API keys (admin)"),
         (name = "jobs", description = "Training and evaluation jobs, with live progress (admin)"),
         (name = "models", description = "The model registry: versions, comparison, activation (admin)"),

@@ -13,9 +13,11 @@ use super::{
     idempotency::{self, IdempotencyKey, Written},
     pagination::{Page, PageParams, encode_cursor},
 };
+use super::predictions::AppendParams;
 use crate::{
     app::AppState,
     domain::{CodeSet, CodeSetError},
+    serving::{self, MedicationChange, Stored},
     store,
 };
 
@@ -141,9 +143,18 @@ pub async fn insert_visit(
     patient_id: Uuid,
     v: &ValidVisit,
 ) -> Result<Option<store::visits::VisitRow>, ApiError> {
-    if store::patients::lock(&mut *conn, patient_id).await?.is_none() {
+    Ok(insert_visit_counted(conn, patient_id, v).await?.map(|(row, _)| row))
+}
+
+/// [`insert_visit`], also returning the patient's visit count after it.
+pub async fn insert_visit_counted(
+    conn: &mut sqlx::PgConnection,
+    patient_id: Uuid,
+    v: &ValidVisit,
+) -> Result<Option<(store::visits::VisitRow, i32)>, ApiError> {
+    let Some(patient) = store::patients::lock(&mut *conn, patient_id).await? else {
         return Ok(None);
-    }
+    };
     let new = store::visits::NewVisit {
         occurred_at: v.occurred_at,
         diagnoses: v.diagnoses.as_slice(),
@@ -151,30 +162,73 @@ pub async fn insert_visit(
         medications: v.medications.as_ref().map(|m| m.as_slice()),
         source: v.source.as_deref(),
     };
-    Ok(Some(store::visits::insert_locked(conn, patient_id, &new).await?))
+    Ok(Some((store::visits::insert_locked(conn, patient_id, &new).await?, patient.visit_count + 1)))
 }
 
-/// Append a visit to a patient's history.
+/// A stored visit and, when a MICRON version is active, its prediction.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AppendedVisit {
+    #[serde(flatten)]
+    pub visit: Visit,
+    /// The medication-change prediction for this visit (stored with it), or
+    /// `null`: see `prediction_note`.
+    pub prediction: Option<MedicationChange>,
+    /// Why there is no prediction: the first visit (MICRON predicts from the
+    /// second on), no active MICRON version, or `predict=false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_note: Option<String>,
+}
+
+/// Append a visit to a patient's history and predict its medication change.
+///
+/// The visit is stored at its place in time order. When a MICRON version is
+/// active and the visit is not the patient's first, the answer carries the
+/// prediction for it: one residual step from the patient's stored state
+/// (rebuilt by one replay of the history when missing or stale), stored
+/// with the new state and the visit in one transaction.
 #[utoipa::path(post, path = "/v1/patients/{patient_id}/visits", tag = "visits",
     request_body = NewVisit,
-    params(("patient_id" = Uuid, Path, description = "Patient id"),
+    params(("patient_id" = Uuid, Path, description = "Patient id"), AppendParams,
         ("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: a retry with the same key and body returns the original response")),
-    responses((status = 201, description = "Stored", body = Visit),
+    responses((status = 201, description = "Stored, with the prediction", body = AppendedVisit),
         (status = 404, description = "No such patient", body = super::error::Problem, content_type = "application/problem+json")),
     security(("api_key" = ["clinical"])))]
 pub async fn append_visit(
     State(state): State<AppState>,
     Clinical(caller): Clinical,
     Path(patient_id): Path<Uuid>,
+    Query(params): Query<AppendParams>,
     key: IdempotencyKey,
     Json(body): Json<NewVisit>,
 ) -> Result<Response, ApiError> {
     let valid = body.validate("").map_err(ApiError::Validation)?;
+    let opts = params.options()?;
+    // One served version for the whole request, even if another is
+    // activated meanwhile.
+    let served = match &opts {
+        Some(_) => serving::served(&state).ok(),
+        None => None,
+    };
     let path = format!("/v1/patients/{patient_id}/visits");
-    let hash = idempotency::fingerprint("POST", &path, &body);
+    let hash = idempotency::fingerprint("POST", &format!("{path}?{}", params.canonical()), &body);
     idempotency::run(&state, &caller, &key, ("POST", &path), hash, StatusCode::CREATED, async |tx| {
-        let row = insert_visit(tx, patient_id, &valid).await?.ok_or_else(|| ApiError::NotFound("patient".into()))?;
-        Ok(Written { patient_id: Some(patient_id), body: Visit::from(row) })
+        let (row, count) =
+            insert_visit_counted(tx, patient_id, &valid).await?.ok_or_else(|| ApiError::NotFound("patient".into()))?;
+        let (prediction, note) = match (&opts, &served) {
+            (None, _) => (None, Some("not requested (predict=false)".to_string())),
+            (Some(_), None) => (None, Some("no MICRON model version is active".to_string())),
+            (Some(opts), Some((model, micron))) => {
+                match serving::predict_stored_locked(tx, &state, (model, micron), Some(caller.key_id), &row, count, opts)
+                    .await?
+                {
+                    Stored::Predicted(p) => (Some(*p), None),
+                    Stored::FirstVisit => {
+                        (None, Some("the patient's first visit: MICRON predicts from the second visit on".to_string()))
+                    }
+                }
+            }
+        };
+        Ok(Written { patient_id: Some(patient_id), body: AppendedVisit { visit: Visit::from(row), prediction, prediction_note: note } })
     })
     .await
 }

@@ -71,9 +71,9 @@ pub enum RegistryError {
     Other(#[from] anyhow::Error),
 }
 
-/// A loaded, checksum-verified model version: what the service serves. For
-/// now it holds the registry entry, its config and vocabularies; the model
-/// modules add their weights here when they land.
+/// A loaded, checksum-verified model version: what the service serves: the
+/// registry entry, its config and vocabularies, and the weights of the
+/// model kinds that are served.
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
     pub id: Uuid,
@@ -83,6 +83,8 @@ pub struct LoadedModel {
     pub files: BTreeMap<String, String>,
     pub config: Value,
     pub vocab: Option<Vocabularies>,
+    /// The weights of a MICRON version (kind `micron`), ready to serve.
+    pub micron: Option<Arc<crate::ml::micron::LoadedMicron>>,
 }
 
 /// sha256 (hex) of one file.
@@ -155,7 +157,15 @@ pub fn load_blocking(models_dir: &Path, row: &ModelRow) -> Result<LoadedModel, R
         Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| integrity(format!("vocab.json is invalid: {e}")))?),
         Err(_) => None,
     };
+    let micron = if row.kind == ModelKind::Micron.as_str() {
+        let art = crate::ml::micron::MicronArtifact::load(&path, &crate::ml::backend::Device::flex())
+            .map_err(|e| integrity(format!("the MICRON weights do not load: {e}")))?;
+        Some(Arc::new(crate::ml::micron::LoadedMicron::from(art)))
+    } else {
+        None
+    };
     Ok(LoadedModel {
+        micron,
         id: row.id,
         kind: row.kind.clone(),
         version: row.version.clone(),

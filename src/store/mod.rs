@@ -6,3 +6,4 @@ pub mod patients;
 pub mod visits;
 pub mod jobs;
 pub mod models;
+pub mod predictions;

@@ -96,3 +96,11 @@ pub async fn list(db: impl PgExecutor<'_>, patient_id: Uuid, after: i32, limit: 
 pub async fn all(db: impl PgExecutor<'_>, patient_id: Uuid) -> sqlx::Result<Vec<VisitRow>> {
     list(db, patient_id, 0, i64::MAX).await
 }
+
+/// The patient's latest visit.
+pub async fn latest(db: impl PgExecutor<'_>, patient_id: Uuid) -> sqlx::Result<Option<VisitRow>> {
+    sqlx::query_as(concat!("SELECT ", visit_cols!(), " FROM visits WHERE patient_id = $1 ORDER BY seq DESC LIMIT 1"))
+        .bind(patient_id)
+        .fetch_optional(db)
+        .await
+}

@@ -12,6 +12,7 @@ mod models;
 mod openapi;
 mod operations;
 mod patients;
+mod predictions;
 mod training;
 mod validation;
 mod visits;

@@ -178,6 +178,21 @@ impl MicronArtifact {
     }
 }
 
+/// A MICRON version ready to serve: the artifact and its plain-Rust
+/// predictor (built once per load, not per request).
+#[derive(Clone, Debug)]
+pub struct LoadedMicron {
+    pub artifact: MicronArtifact,
+    pub predictor: MicronPredictor,
+}
+
+impl From<MicronArtifact> for LoadedMicron {
+    fn from(artifact: MicronArtifact) -> Self {
+        let predictor = artifact.predictor();
+        Self { artifact, predictor }
+    }
+}
+
 /// Writes `metrics.json` (and `split.json` when given) beside an artifact.
 pub fn save_training_record(dir: &Path, summary: &TrainSummary, split: Option<&Split>) -> Result<(), ArtifactError> {
     fs::create_dir_all(dir).map_err(io_err(dir))?;
