@@ -102,6 +102,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop(&mut cluster);
             result
         }
+        Command::Bench { command: BenchCommand::Serve(args) } => {
+            let (pool, mut cluster) = database(&cli.global).await?;
+            let result = crate::serving::bench::run(pool, &args).await;
+            stop(&mut cluster);
+            result
+        }
     }
 }
 

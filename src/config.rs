@@ -234,6 +234,45 @@ pub enum BenchCommand {
     /// The job queue's overhead: claims per second with several workers,
     /// and the time from creation to start (in a scratch database).
     Queue(BenchArgs),
+    /// End-to-end HTTP latency and throughput of "append a visit and
+    /// predict" (incremental vs replay) at several history lengths, driven
+    /// by wrk on loopback (in a scratch database).
+    Serve(ServeBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeBenchArgs {
+    /// History lengths (stored visits per patient before the run).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,50")]
+    pub lengths: Vec<usize>,
+    /// Modes: `incremental` (one step from the stored state), `replay`
+    /// (`?replay=true`: the history re-read and replayed per request).
+    #[arg(long, value_delimiter = ',', default_value = "incremental,replay")]
+    pub modes: Vec<String>,
+    /// Fresh patients per run.
+    #[arg(long, default_value_t = 2000)]
+    pub patients: usize,
+    /// Target arrival rate of the fixed-rate runs (requests/s over all connections).
+    #[arg(long, default_value_t = 500.0)]
+    pub rate: f64,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    #[arg(long, default_value_t = 32)]
+    pub connections: usize,
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// A folder of model folders by kind, as `models/shipped` (its `micron/` is served).
+    #[arg(long, default_value = "models/shipped")]
+    pub models: PathBuf,
+    /// Interacting pairs to load (CSV `atc3_a,atc3_b`), e.g. ../shared/fixtures/ddi/atc3_pairs.csv.
+    #[arg(long)]
+    pub ddi: Option<PathBuf>,
+    #[arg(long, default_value_t = 1203)]
+    pub seed: u64,
+    /// The wrk executable.
+    #[arg(long, default_value = "wrk")]
+    pub wrk: String,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -14,7 +14,7 @@ end
 
 local patients, bodies, query, key
 local delay_ms = 0
-local counts = { n = 0, model = 0, db = 0, total = 0, bad = 0 }
+counts = { n = 0, model = 0, db = 0, total = 0, bad = 0 }  -- global: read by done() through thread:get
 local threads = {}
 
 function setup(thread)

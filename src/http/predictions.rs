@@ -134,6 +134,7 @@ pub async fn predict_latest(
     let path = format!("/v1/patients/{patient_id}/predictions");
     let hash = idempotency::fingerprint("POST", &path, &serde_json::json!({"query": format!("{params:?}")}));
     idempotency::run(&state, &caller, &key, ("POST", &path), hash, StatusCode::CREATED, async |tx| {
+        let t0 = std::time::Instant::now();
         let patient =
             store::patients::lock(&mut *tx, patient_id).await?.ok_or_else(|| ApiError::NotFound("patient".into()))?;
         let latest = store::visits::latest(&mut *tx, patient_id).await?;
@@ -153,6 +154,7 @@ pub async fn predict_latest(
             &latest,
             patient.visit_count,
             &opts,
+            Some((t0, t0.elapsed().as_micros() as u64)),
         )
         .await?
         {

@@ -212,14 +212,25 @@ pub async fn append_visit(
     let path = format!("/v1/patients/{patient_id}/visits");
     let hash = idempotency::fingerprint("POST", &format!("{path}?{}", params.canonical()), &body);
     idempotency::run(&state, &caller, &key, ("POST", &path), hash, StatusCode::CREATED, async |tx| {
+        let t0 = std::time::Instant::now();
         let (row, count) =
             insert_visit_counted(tx, patient_id, &valid).await?.ok_or_else(|| ApiError::NotFound("patient".into()))?;
+        let visit_us = t0.elapsed().as_micros() as u64;
         let (prediction, note) = match (&opts, &served) {
             (None, _) => (None, Some("not requested (predict=false)".to_string())),
             (Some(_), None) => (None, Some("no MICRON model version is active".to_string())),
             (Some(opts), Some((model, micron))) => {
-                match serving::predict_stored_locked(tx, &state, (model, micron), Some(caller.key_id), &row, count, opts)
-                    .await?
+                match serving::predict_stored_locked(
+                    tx,
+                    &state,
+                    (model, micron),
+                    Some(caller.key_id),
+                    &row,
+                    count,
+                    opts,
+                    Some((t0, visit_us)),
+                )
+                .await?
                 {
                     Stored::Predicted(p) => (Some(*p), None),
                     Stored::FirstVisit => {

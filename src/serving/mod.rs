@@ -13,6 +13,7 @@
 //! Everything that writes runs inside the caller's transaction after the
 //! patient row lock, so appends to one patient serialize and a failure
 //! leaves neither visit, state nor prediction behind.
+pub mod bench;
 pub mod density;
 
 use std::{collections::HashSet, sync::Arc, time::Instant};
@@ -135,9 +136,13 @@ pub enum StateUse {
 pub struct Timing {
     /// Encoding and the model (step or replay).
     pub model_us: u64,
-    /// Database reads and writes before the answer (the commit comes after).
+    /// Database statements before the answer: storing the visit (when the
+    /// request appends one), reading the state (or the history) and the
+    /// interacting pairs. The final write of state and prediction and the
+    /// commit come after the answer is built and are not included.
     pub database_us: u64,
-    /// Everything until the answer was built.
+    /// Everything from the start of the request's database work until the
+    /// answer was built.
     pub total_us: u64,
 }
 
@@ -526,9 +531,11 @@ pub async fn predict_stored_locked(
     target: &VisitRow,
     visit_count: i32,
     opts: &PredictOptions,
+    // When the request's database work started, and the database time it
+    // has spent so far (e.g. storing the visit).
+    started: Option<(Instant, u64)>,
 ) -> Result<Stored, ApiError> {
-    let t0 = Instant::now();
-    let mut db_us = 0u64;
+    let (t0, mut db_us) = started.unwrap_or_else(|| (Instant::now(), 0));
     let mut model_us = 0u64;
     let patient_id = target.patient_id;
     let (t, n) = (target.seq, visit_count);
@@ -536,12 +543,16 @@ pub async fn predict_stored_locked(
     let vocab = &micron.artifact.vocab;
 
     let tq = Instant::now();
-    let stored = store::predictions::get_state(&mut *conn, patient_id, model.id).await?;
-    let usable = stored.filter(|s| !opts.force_replay && t == n && s.visit_seq == t - 1 && t >= 2);
-    // The previous visit: confirms that the stored state still belongs to it.
-    let prev_row = match &usable {
-        Some(s) => store::visits::get(&mut *conn, patient_id, s.visit_id).await?.filter(|r| r.seq == t - 1),
-        None => None,
+    // The stored state with the visit it follows: usable for one step when
+    // that visit is still the one just before the target.
+    let stored = if !opts.force_replay && t == n && t >= 2 {
+        store::predictions::get_state_with_visit(&mut *conn, patient_id, model.id).await?
+    } else {
+        None
+    };
+    let (usable, prev_row) = match stored {
+        Some(sv) if sv.state.visit_seq == t - 1 && sv.visit.seq == t - 1 => (Some(sv.state), Some(sv.visit)),
+        _ => (None, None),
     };
     db_us += micros(tq);
 
@@ -586,7 +597,6 @@ pub async fn predict_stored_locked(
     let tq = Instant::now();
     let pairs = pairs_among(conn, &answer.predicted).await?;
     set_interactions(&mut answer, &pairs);
-    store::predictions::put_state(&mut *conn, patient_id, model.id, &new_state).await?;
     let id = Uuid::now_v7();
     answer.prediction_id = Some(id);
     answer.patient_id = Some(patient_id);
@@ -598,8 +608,9 @@ pub async fn predict_stored_locked(
     answer.timing = Timing { model_us, database_us: db_us, total_us: micros(t0) };
     let response = serde_json::to_value(&answer).map_err(anyhow::Error::from)?;
     let tq = Instant::now();
-    store::predictions::insert(
+    store::predictions::put_state_and_insert(
         &mut *conn,
+        &new_state,
         &store::predictions::NewPrediction {
             id,
             patient_id,

@@ -5,6 +5,8 @@ use serde_json::Value;
 use sqlx::PgExecutor;
 use uuid::Uuid;
 
+use super::visits::VisitRow;
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct StateRow {
     pub visit_id: Uuid,
@@ -17,6 +19,34 @@ pub struct StateRow {
 pub async fn get_state(db: impl PgExecutor<'_>, patient_id: Uuid, model_id: Uuid) -> sqlx::Result<Option<StateRow>> {
     sqlx::query_as(
         "SELECT visit_id, visit_seq, base, h_last, meds FROM patient_states WHERE patient_id = $1 AND model_id = $2",
+    )
+    .bind(patient_id)
+    .bind(model_id)
+    .fetch_optional(db)
+    .await
+}
+
+/// The state of a patient under a model version with the visit it was
+/// computed after (`None` when there is no state, or its visit is gone).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StateWithVisit {
+    #[sqlx(flatten)]
+    pub state: StateRow,
+    #[sqlx(flatten)]
+    pub visit: VisitRow,
+}
+
+pub async fn get_state_with_visit(
+    db: impl PgExecutor<'_>,
+    patient_id: Uuid,
+    model_id: Uuid,
+) -> sqlx::Result<Option<StateWithVisit>> {
+    sqlx::query_as(
+        "SELECT s.visit_id, s.visit_seq, s.base, s.h_last, s.meds,
+                v.id, v.patient_id, v.seq, v.occurred_at, v.diagnoses, v.procedures, v.medications, v.source,
+                v.created_at
+         FROM patient_states s JOIN visits v ON v.patient_id = s.patient_id AND v.id = s.visit_id
+         WHERE s.patient_id = $1 AND s.model_id = $2",
     )
     .bind(patient_id)
     .bind(model_id)
@@ -59,6 +89,46 @@ pub struct NewPrediction<'a> {
     pub kept: &'a [String],
     pub response: &'a Value,
     pub state_rebuilt: bool,
+}
+
+/// Stores the patient's new state and the prediction in one statement.
+pub async fn put_state_and_insert(
+    db: impl PgExecutor<'_>,
+    s: &StateRow,
+    p: &NewPrediction<'_>,
+) -> sqlx::Result<DateTime<Utc>> {
+    sqlx::query_scalar(
+        "WITH state AS (
+           INSERT INTO patient_states (patient_id, model_id, visit_id, visit_seq, base, h_last, meds)
+           VALUES ($2, $4, $15, $16, $17, $18, $19)
+           ON CONFLICT (patient_id, model_id) DO UPDATE SET visit_id = EXCLUDED.visit_id,
+             visit_seq = EXCLUDED.visit_seq, base = EXCLUDED.base, h_last = EXCLUDED.h_last,
+             meds = EXCLUDED.meds, updated_at = now())
+         INSERT INTO predictions (id, patient_id, visit_id, model_id, model_version, api_key_id, previous_source,
+           previous, predicted, added, removed, kept, response, state_rebuilt)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING created_at",
+    )
+    .bind(p.id)
+    .bind(p.patient_id)
+    .bind(p.visit_id)
+    .bind(p.model_id)
+    .bind(p.model_version)
+    .bind(p.api_key_id)
+    .bind(p.previous_source)
+    .bind(p.previous)
+    .bind(p.predicted)
+    .bind(p.added)
+    .bind(p.removed)
+    .bind(p.kept)
+    .bind(p.response)
+    .bind(p.state_rebuilt)
+    .bind(s.visit_id)
+    .bind(s.visit_seq)
+    .bind(&s.base)
+    .bind(&s.h_last)
+    .bind(&s.meds)
+    .fetch_one(db)
+    .await
 }
 
 pub async fn insert(db: impl PgExecutor<'_>, p: &NewPrediction<'_>) -> sqlx::Result<DateTime<Utc>> {

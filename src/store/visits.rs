@@ -36,32 +36,35 @@ pub struct NewVisit<'a> {
 /// them; later visits move up by one. A visit without a time is stamped
 /// under the lock, so it lands after every stored visit.
 pub async fn insert_locked(conn: &mut PgConnection, patient_id: Uuid, v: &NewVisit<'_>) -> sqlx::Result<VisitRow> {
-    let occurred_at: DateTime<Utc> = match v.occurred_at {
-        Some(t) => t,
-        None => sqlx::query_scalar(
-            "SELECT greatest(clock_timestamp(), (SELECT max(occurred_at) FROM visits WHERE patient_id = $1))",
-        )
-        .bind(patient_id)
-        .fetch_one(&mut *conn)
-        .await?,
-    };
-    let before: i64 = sqlx::query_scalar("SELECT count(*) FROM visits WHERE patient_id = $1 AND occurred_at <= $2")
-        .bind(patient_id)
-        .bind(occurred_at)
-        .fetch_one(&mut *conn)
-        .await?;
+    // The time, the visits up to it and all visits, in one round trip.
+    let (occurred_at, before, total): (DateTime<Utc>, i64, i64) = sqlx::query_as(
+        "WITH t AS (SELECT coalesce($2::timestamptz,
+                      greatest(clock_timestamp(), (SELECT max(occurred_at) FROM visits WHERE patient_id = $1))) AS at)
+         SELECT t.at,
+                (SELECT count(*) FROM visits WHERE patient_id = $1 AND occurred_at <= t.at),
+                (SELECT count(*) FROM visits WHERE patient_id = $1)
+         FROM t",
+    )
+    .bind(patient_id)
+    .bind(v.occurred_at)
+    .fetch_one(&mut *conn)
+    .await?;
     let seq = before as i32 + 1;
-    sqlx::query("UPDATE visits SET seq = seq + 1 WHERE patient_id = $1 AND seq >= $2")
-        .bind(patient_id)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE patients SET visit_count = visit_count + 1 WHERE id = $1")
-        .bind(patient_id)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query_as(concat!("INSERT INTO visits (patient_id, id, seq, occurred_at, diagnoses, procedures, medications, source)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ", visit_cols!(), ""))
+    if before < total {
+        // A back-dated visit: the later ones move up by one.
+        sqlx::query("UPDATE visits SET seq = seq + 1 WHERE patient_id = $1 AND seq >= $2")
+            .bind(patient_id)
+            .bind(seq)
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query_as(concat!(
+        "WITH counted AS (UPDATE patients SET visit_count = visit_count + 1 WHERE id = $1)
+         INSERT INTO visits (patient_id, id, seq, occurred_at, diagnoses, procedures, medications, source)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING ",
+        visit_cols!(),
+        ""
+    ))
     .bind(patient_id)
     .bind(Uuid::now_v7())
     .bind(seq)
