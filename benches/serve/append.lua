@@ -4,16 +4,31 @@
 --   BENCH_BODIES    file with one JSON visit body per line
 --   BENCH_KEY       API key
 --   BENCH_QUERY     query string, e.g. "?replay=true" (default none)
---   BENCH_RATE      target requests/s over all connections (0: as fast as possible)
---   BENCH_CONNS     connections (to spread the rate)
+--   BENCH_RATE      target requests/s over all threads (0: as fast as possible)
+--   BENCH_THREADS   wrk threads (each offers BENCH_RATE / BENCH_THREADS)
+-- With a rate, each thread schedules Poisson arrivals on a clock (open
+-- loop): a request is sent at its scheduled time, or at once when the
+-- thread is behind, so the offered load does not drop when latency grows.
 local function lines(path)
   local t = {}
   for l in io.lines(path) do if #l > 0 then t[#t + 1] = l end end
   return t
 end
 
+local ffi = require("ffi")
+ffi.cdef[[
+  typedef struct { long tv_sec; long tv_nsec; } medchange_timespec;
+  int clock_gettime(int clk_id, medchange_timespec *tp);
+]]
+local ts = ffi.new("medchange_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+
 local patients, bodies, query, key
-local delay_ms = 0
+local gap_ms = 0      -- mean time between arrivals of this thread
+local next_ms = nil   -- when this thread's next request is due
 counts = { n = 0, model = 0, db = 0, total = 0, bad = 0 }  -- global: read by done() through thread:get
 local threads = {}
 
@@ -27,8 +42,8 @@ function init(args)
   query = os.getenv("BENCH_QUERY") or ""
   key = os.getenv("BENCH_KEY")
   local rate = tonumber(os.getenv("BENCH_RATE") or "0")
-  local conns = tonumber(os.getenv("BENCH_CONNS") or "1")
-  if rate > 0 then delay_ms = 1000 * conns / rate end
+  local threads_n = tonumber(os.getenv("BENCH_THREADS") or "1")
+  if rate > 0 then gap_ms = 1000 * threads_n / rate end
   math.randomseed(os.time() + tonumber(tostring({}):sub(8), 16) % 100000)
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
@@ -36,9 +51,13 @@ function init(args)
 end
 
 function delay()
-  if delay_ms == 0 then return 0 end
-  -- Poisson-ish arrivals around the target rate.
-  return math.floor(-math.log(1 - math.random()) * delay_ms)
+  if gap_ms == 0 then return 0 end
+  local now = now_ms()
+  if next_ms == nil then next_ms = now end
+  next_ms = next_ms + -math.log(1 - math.random()) * gap_ms
+  local wait = next_ms - now
+  if wait <= 0 then return 0 end
+  return math.floor(wait)
 end
 
 function request()

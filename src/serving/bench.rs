@@ -192,6 +192,12 @@ async fn measure(pool: &PgPool, args: &ServeBenchArgs, work: &Path) -> anyhow::R
         "{:>4} {:>12} {:>10} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>8}",
         "L", "mode", "load", "req/s", "p50 ms", "p90 ms", "p99 ms", "model µs", "SQL µs", "server µs", "errors"
     );
+    // Warm-up (connections, plans, caches), not reported.
+    {
+        let group = prepare_group(pool, &state, &codes, &mut rng, 5, args.patients.min(500), work).await?;
+        let warm = ServeBenchArgs { duration: 3, ..args.clone() };
+        run_wrk(&warm, addr, &group, &bodies, &secret, "", 0.0)?;
+    }
     let mut summary: Vec<(usize, String, f64, f64, f64)> = vec![];
     for &len in &args.lengths {
         for mode in &args.modes {
@@ -332,7 +338,7 @@ fn run_wrk(
         .env("BENCH_KEY", key)
         .env("BENCH_QUERY", query)
         .env("BENCH_RATE", format!("{rate}"))
-        .env("BENCH_CONNS", args.connections.to_string())
+        .env("BENCH_THREADS", args.threads.to_string())
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
