@@ -263,6 +263,30 @@ describe('the dashboard', () => {
     await accessible('the patients page');
   });
 
+  it('follows a running job live and cancels it after confirmation', async () => {
+    const job = await apiCall<{ id: string }>('POST', '/v1/jobs', ADMIN, { kind: 'train_micron', params: { epochs: 500 } });
+    await page.goto(`${BASE}/training/jobs/${job.id}`);
+    await heading('Job train_micron');
+    await page.getByText('● live').waitFor();
+    const progress = () =>
+      page.evaluate(() => Number(document.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow') ?? Number.NaN));
+    // The bar moves while the job runs (fed by the event stream, not by reloading).
+    await page.waitForFunction(() => Number(document.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')) >= 1, null, { timeout: 60_000 });
+    const first = await progress();
+    await page.waitForFunction((v) => Number(document.querySelector('[role=progressbar]')?.getAttribute('aria-valuenow')) > v, first, { timeout: 60_000 });
+    expect(await progress()).toBeLessThan(100);
+    expect(await textOf(page.locator('.facts dd').nth(1))).toMatch(/^about .+ left$/); // the ETA
+
+    await page.getByRole('button', { name: 'Cancel job' }).click();
+    const dialog = page.getByRole('dialog', { name: 'Cancel this job?' });
+    await dialog.getByRole('button', { name: 'Cancel job' }).click();
+    await page.locator('.header-extra .badge', { hasText: 'cancelled' }).waitFor({ timeout: 60_000 });
+    await page.getByText('stream ended').waitFor();
+    expect((await apiCall<{ status: string }>('GET', `/v1/jobs/${job.id}`, ADMIN)).status).toBe('cancelled');
+    expect(await progress()).toBeLessThan(100);
+    await shot('training-job-cancelled');
+  });
+
   it('shows the density page', async () => {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Density' }).click();
     await heading('Density');

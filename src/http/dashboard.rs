@@ -58,7 +58,8 @@ pub async fn serve(State(state): State<AppState>, req: Request) -> Response {
     if !is_built(&dir) {
         if path == "/" || wants_html(req.headers()) {
             let mut p = problem_for_status(StatusCode::NOT_FOUND);
-            p.detail = "the dashboard is not built: run scripts/serve, or `npm ci && npm run build` in frontend/".into();
+            p.detail =
+                "the dashboard is not built: run scripts/serve, or `npm ci && npm run build` in frontend/".into();
             return problem_response(&p);
         }
         return not_found();

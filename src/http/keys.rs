@@ -98,7 +98,10 @@ pub async fn create_key(
 #[utoipa::path(get, path = "/v1/me", tag = "api-keys",
     responses((status = 200, description = "The key this request was made with", body = ApiKey)),
     security(("api_key" = ["clinical"])))]
-pub async fn current_key(State(state): State<AppState>, Clinical(caller): Clinical) -> Result<axum::Json<ApiKey>, ApiError> {
+pub async fn current_key(
+    State(state): State<AppState>,
+    Clinical(caller): Clinical,
+) -> Result<axum::Json<ApiKey>, ApiError> {
     // Revoked between authentication and here: answer as for any revoked key.
     let key = store::keys::get(&state.db, caller.key_id)
         .await?

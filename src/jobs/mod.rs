@@ -176,10 +176,10 @@ fn self_contained_schema<T: DeserializeOwned + Serialize + utoipa::ToSchema>() -
     let defaults = serde_json::from_value::<T>(Value::Object(minimal)).ok().and_then(|p| serde_json::to_value(p).ok());
     if let (Some(Value::Object(defaults)), Some(Value::Object(props))) = (defaults, schema.get_mut("properties")) {
         for (name, prop) in props.iter_mut() {
-            if let (false, Some(v), Value::Object(prop)) = (required.contains(name), defaults.get(name), prop) {
-                if !v.is_null() {
-                    prop.entry("default").or_insert_with(|| v.clone());
-                }
+            if let (false, Some(v), Value::Object(prop)) = (required.contains(name), defaults.get(name), prop)
+                && !v.is_null()
+            {
+                prop.entry("default").or_insert_with(|| v.clone());
             }
         }
     }

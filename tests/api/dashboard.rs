@@ -49,7 +49,9 @@ fn header<'a>(r: &'a Res, name: &str) -> &'a str {
 fn assert_dashboard_headers(r: &Res, cache: &str) {
     assert_eq!(header(r, "cache-control"), cache, "{}", r.text);
     let csp = header(r, "content-security-policy");
-    for directive in ["default-src 'self'", "script-src 'self'", "connect-src 'self'", "object-src 'none'", "frame-ancestors 'none'"] {
+    for directive in
+        ["default-src 'self'", "script-src 'self'", "connect-src 'self'", "object-src 'none'", "frame-ancestors 'none'"]
+    {
         assert!(csp.contains(directive), "CSP lacks {directive}: {csp}");
     }
     assert!(!csp.contains("http:") && !csp.contains("https:") && !csp.contains("unsafe-inline"), "{csp}");
@@ -89,7 +91,9 @@ async fn serves_the_built_dashboard_with_cache_headers_and_csp(pool: PgPool) {
     assert_dashboard_headers(&r, "no-cache");
 
     // Client-side routes load the app when a browser navigates to them.
-    for path in ["/models", "/models/compare?a=1&b=2", "/training/jobs/019ae4a0-6a3c-7b51-9a43-6f0d3c1c2b10", "/patients/x"] {
+    for path in
+        ["/models", "/models/compare?a=1&b=2", "/training/jobs/019ae4a0-6a3c-7b51-9a43-6f0d3c1c2b10", "/patients/x"]
+    {
         let r = browse(&app, path).await;
         assert_eq!(r.status, StatusCode::OK, "{path}");
         assert_eq!(r.text, INDEX, "{path}");

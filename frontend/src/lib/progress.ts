@@ -128,6 +128,7 @@ export function apply(s: ProgressState, ev: JobEvent): ProgressState {
       const epoch = num(d.epoch);
       s.epochs = num(d.epochs) ?? s.epochs;
       s.epoch = epoch;
+      if (s.steps !== null) s.step = s.steps; // the epoch's last steps may not have been stored
       s.etaSecs = num(d.eta_secs) ?? s.etaSecs;
       const metrics = (d.metrics ?? {}) as Record<string, unknown>;
       const loss = num(d.loss) ?? num(metrics.train_loss) ?? num(metrics.loss);

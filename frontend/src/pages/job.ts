@@ -44,7 +44,6 @@ function charts(s: ProgressState): HTMLElement {
     xLabel: 'Epoch',
     yLabel: 'loss',
     xMin: 0,
-    ...(s.epochs ? { xMax: s.epochs } : {}),
     series: [
       { name: 'per step', points: s.stepLoss },
       { name: 'per epoch', points: s.epochLoss },
@@ -54,8 +53,6 @@ function charts(s: ProgressState): HTMLElement {
     title: 'Validation metrics',
     xLabel: 'Epoch',
     yLabel: 'value',
-    xMin: 1,
-    ...(s.epochs ? { xMax: s.epochs } : {}),
     series: [...s.metrics].map(([name, points]) => ({ name, points })),
   });
   return h('div', { class: 'grid-2' }, loss, metrics);
@@ -117,7 +114,9 @@ export async function jobPage(ctx: PageContext): Promise<void> {
       );
     }
     const error = job.error ?? state.error;
-    if (error && state.status !== 'succeeded') parts.push(h('p', { class: 'result bad', role: 'alert' }, `${state.status}: ${error}`));
+    if (error && state.status !== 'succeeded') {
+      parts.push(h('p', { class: `result ${state.status === 'cancelled' ? 'neutral' : 'bad'}`, role: 'alert' }, `${state.status}: ${error}`));
+    }
     if (job.result) parts.push(h('pre', { class: 'json' }, JSON.stringify(job.result, null, 2)));
     resultEl.replaceChildren(...parts);
   };
