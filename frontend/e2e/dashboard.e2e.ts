@@ -287,6 +287,19 @@ describe('the dashboard', () => {
     await shot('training-job-cancelled');
   });
 
+  it('sums the activity up on the overview', async () => {
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Overview' }).click();
+    await heading('Overview');
+    const jobs = page.locator('section', { hasText: 'Job queue' });
+    await jobs.getByText('cancelled').first().waitFor();
+    expect(await jobs.locator('tbody tr').count()).toBeGreaterThanOrEqual(2); // the trained and the cancelled job
+    const predictions = page.locator('section', { hasText: 'Predictions per hour' });
+    await predictions.getByText(/^[1-9]\d* predictions?$/).waitFor();
+    expect(await predictions.locator('rect.bar').count()).toBeGreaterThanOrEqual(1); // drawn with the numbers
+    await page.getByRole('article', { name: 'Active micron model' }).getByRole('link', { name: newVersion }).waitFor();
+    await shot('overview-after-activity');
+  });
+
   it('shows the density page', async () => {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Density' }).click();
     await heading('Density');
