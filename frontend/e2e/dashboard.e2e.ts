@@ -36,6 +36,7 @@ let page: Page;
 const problems: string[] = [];
 const foreignRequests: string[] = [];
 let clinicalKey = '';
+let clinicalKeyId = '';
 let patient: { id: string; external_id: string; source: string };
 let newVersion = '';
 let newModelId = '';
@@ -92,8 +93,9 @@ beforeAll(async () => {
     if (url.origin !== BASE && url.protocol !== 'data:') foreignRequests.push(r.url());
   });
 
-  const created = await apiCall<{ secret: string }>('POST', '/v1/api-keys', ADMIN, { name: 'e2e clinical', role: 'clinical' });
+  const created = await apiCall<{ id: string; secret: string }>('POST', '/v1/api-keys', ADMIN, { name: 'e2e clinical', role: 'clinical' });
   clinicalKey = created.secret;
+  clinicalKeyId = created.id;
   const list = await apiCall<{ items: { id: string; external_id: string; source: string; visit_count: number }[] }>('GET', '/v1/patients?limit=100', ADMIN);
   const p = list.items.find((x) => x.visit_count >= 3) ?? list.items.find((x) => x.visit_count >= 2);
   if (!p) throw new Error('the e2e database needs a patient with two visits or more');
@@ -334,8 +336,14 @@ describe('the dashboard', () => {
     await heading(`Patient ${patient.external_id}`);
     await page.locator('li.visit').first().getByText('Kept (').waitFor();
     await shot('clinical-patient');
-    await page.getByRole('button', { name: 'Sign out' }).click();
+
+    // A key revoked meanwhile ends the session at the next call.
+    await apiCall('DELETE', `/v1/api-keys/${clinicalKeyId}`, ADMIN);
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Patients' }).click();
     await heading('Sign in to medchange');
+    await page.getByText('The API key was refused (revoked?). Please sign in again.').waitFor();
+    expect(await page.evaluate(() => sessionStorage.length)).toBe(0);
+    expect(new URL(page.url()).searchParams.get('next')).toBe('/patients');
   });
 
   it('loaded nothing from other origins and broke no rule of its content security policy', () => {
