@@ -231,6 +231,14 @@ describe('the dashboard', () => {
     await page.getByText(`micron version ${newVersion} is now active.`).waitFor();
     const active = await apiCall<{ kind: string; model_id: string }[]>('GET', '/v1/models/active', ADMIN);
     expect(active.find((m) => m.kind === 'micron')?.model_id).toBe(newModelId);
+
+    // The shipped version, no longer served, can be retired (after confirmation).
+    const shipped = page.locator('tr[data-status="ready"]', { hasText: 'shipped' });
+    const shippedVersion = (await shipped.getAttribute('data-version'))!;
+    await shipped.getByRole('button', { name: `Retire ${shippedVersion}` }).click();
+    const retire = page.getByRole('dialog', { name: `Retire micron version ${shippedVersion}?` });
+    await retire.getByRole('button', { name: 'Retire' }).click();
+    await page.locator(`tr[data-version="${shippedVersion}"][data-status="retired"]`).waitFor();
     await shot('models');
     await accessible('the models page');
   });
