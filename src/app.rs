@@ -80,7 +80,8 @@ pub fn app(state: AppState) -> Router {
     let timeout = state.http.request_timeout();
     router
         .merge(SwaggerUi::new("/docs").url("/openapi.json", doc))
-        .fallback(|| async { problem_response(&problem_for_status(StatusCode::NOT_FOUND)) })
+        // Everything else: the dashboard (and problem+json 404s for unknown API paths).
+        .fallback(http::dashboard::serve)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, timeout))
         .layer(middleware::from_fn(move |req, next| problems(body_limit, req, next)))

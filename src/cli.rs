@@ -281,6 +281,17 @@ async fn serve_with(pool: PgPool, args: &ServeArgs) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("medchange: listening on http://{addr} (API docs at http://{addr}/docs)");
+    let dashboard = &args.http.dashboard_dir;
+    if crate::http::dashboard::is_built(dashboard) {
+        println!("medchange: dashboard at http://{addr}/ (from {})", dashboard.display());
+    } else {
+        tracing::warn!(dir = %dashboard.display(), "the dashboard is not built; serving the API only");
+        println!(
+            "medchange: the dashboard is not built ({} has no index.html): the API runs without it; \
+             scripts/serve builds it when Node.js is installed (or run `npm ci && npm run build` in frontend/)",
+            dashboard.display()
+        );
+    }
     let _ = std::io::stdout().flush();
     let closing = state.shutdown.clone();
     let served = axum::serve(listener, app(state))

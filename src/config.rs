@@ -370,11 +370,15 @@ pub struct HttpArgs {
     /// Time limit for one request, in seconds.
     #[arg(long, env = "MEDCHANGE_REQUEST_TIMEOUT", default_value_t = 30.0)]
     pub request_timeout_secs: f64,
+    /// The built dashboard (`index.html` and `assets/`) served at `/`;
+    /// relative to the working directory. Without it the API still runs.
+    #[arg(long, env = "MEDCHANGE_DASHBOARD_DIR", default_value = "frontend/dist")]
+    pub dashboard_dir: PathBuf,
 }
 
 impl Default for HttpArgs {
     fn default() -> Self {
-        Self { body_limit: 2 * 1024 * 1024, request_timeout_secs: 30.0 }
+        Self { body_limit: 2 * 1024 * 1024, request_timeout_secs: 30.0, dashboard_dir: "frontend/dist".into() }
     }
 }
 

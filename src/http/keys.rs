@@ -1,4 +1,6 @@
-//! API keys (admin): create (shown once), list, revoke.
+//! API keys (admin): create (shown once), list, revoke; and `GET /v1/me`,
+//! the calling key itself (any role), which clients such as the dashboard
+//! use to learn what a key may do.
 use axum::{extract::State, http::StatusCode, response::Response};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -7,7 +9,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
 use super::{
-    auth::Admin,
+    auth::{Admin, Clinical},
     error::ApiError,
     extract::{Json, Path},
     idempotency::{self, IdempotencyKey, Written},
@@ -15,7 +17,7 @@ use super::{
 use crate::{app::AppState, domain::Role, store};
 
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_key, list_keys)).routes(routes!(revoke_key))
+    OpenApiRouter::new().routes(routes!(create_key, list_keys)).routes(routes!(revoke_key)).routes(routes!(current_key))
 }
 
 #[derive(Debug, Deserialize, Serialize, ToSchema)]
@@ -87,6 +89,25 @@ pub async fn create_key(
         Ok(Written { patient_id: None, body: CreatedKey { key: row.into(), secret } })
     })
     .await
+}
+
+/// The calling API key: its id, name and role.
+///
+/// Open to every key; clients use it to check a key and to learn its role
+/// (the dashboard shows clinical keys the patients only).
+#[utoipa::path(get, path = "/v1/me", tag = "api-keys",
+    responses((status = 200, description = "The key this request was made with", body = ApiKey)),
+    security(("api_key" = ["clinical"])))]
+pub async fn current_key(
+    State(state): State<AppState>,
+    Clinical(caller): Clinical,
+) -> Result<axum::Json<ApiKey>, ApiError> {
+    // Revoked between authentication and here: answer as for any revoked key.
+    let key = store::keys::get(&state.db, caller.key_id)
+        .await?
+        .filter(|k| k.revoked_at.is_none())
+        .ok_or(ApiError::Unauthorized("unknown or revoked API key"))?;
+    Ok(axum::Json(key.into()))
 }
 
 /// List API keys (without secrets).

@@ -1,5 +1,6 @@
 //! The HTTP API: one module per resource, plus errors, auth and OpenAPI.
 pub mod auth;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;

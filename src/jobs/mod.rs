@@ -130,7 +130,7 @@ impl<K: JobKind> DynJobKind for K {
         JobKind::model_kind(self)
     }
     fn params_schema(&self) -> Value {
-        serde_json::to_value(<K::Params as utoipa::PartialSchema>::schema()).unwrap_or(Value::Null)
+        self_contained_schema::<K::Params>()
     }
     fn validate<'a>(&'a self, params: Value, db: &'a PgPool) -> BoxFuture<'a, Result<Value, ApiError>> {
         Box::pin(async move {
@@ -148,6 +148,65 @@ impl<K: JobKind> DynJobKind for K {
     fn run(&self, params: Value, ctx: &JobContext) -> anyhow::Result<Outcome> {
         let parsed: K::Params = serde_json::from_value(params)?;
         JobKind::run(self, parsed, ctx)
+    }
+}
+
+/// The JSON schema of `T` as clients use it to build forms: references to
+/// other schemas inlined (so it stands alone), and the default of every
+/// optional property (what serde fills in) as `default`. The defaults are
+/// found by deserializing the schema's example cut down to its required
+/// properties.
+fn self_contained_schema<T: DeserializeOwned + Serialize + utoipa::ToSchema>() -> Value {
+    let mut schema = serde_json::to_value(<T as utoipa::PartialSchema>::schema()).unwrap_or(Value::Null);
+    let mut parts = vec![];
+    <T as utoipa::ToSchema>::schemas(&mut parts);
+    let parts: BTreeMap<String, Value> =
+        parts.into_iter().filter_map(|(name, s)| Some((name, serde_json::to_value(s).ok()?))).collect();
+    inline_refs(&mut schema, &parts, 0);
+    let required: Vec<String> = schema["required"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    let mut minimal = serde_json::Map::new();
+    for name in &required {
+        if let Some(v) = schema["example"].get(name) {
+            minimal.insert(name.clone(), v.clone());
+        }
+    }
+    let defaults = serde_json::from_value::<T>(Value::Object(minimal)).ok().and_then(|p| serde_json::to_value(p).ok());
+    if let (Some(Value::Object(defaults)), Some(Value::Object(props))) = (defaults, schema.get_mut("properties")) {
+        for (name, prop) in props.iter_mut() {
+            if let (false, Some(v), Value::Object(prop)) = (required.contains(name), defaults.get(name), prop)
+                && !v.is_null()
+            {
+                prop.entry("default").or_insert_with(|| v.clone());
+            }
+        }
+    }
+    schema
+}
+
+/// Replaces `{"$ref": "#/components/schemas/X", ...}` by X's schema (the
+/// object's own keys, e.g. its description, win).
+fn inline_refs(v: &mut Value, parts: &BTreeMap<String, Value>, depth: usize) {
+    if depth > 16 {
+        return;
+    }
+    match v {
+        Value::Object(map) => {
+            let target = map.get("$ref").and_then(|r| r.as_str()).and_then(|r| r.strip_prefix("#/components/schemas/"));
+            if let Some(Value::Object(part)) = target.and_then(|name| parts.get(name)) {
+                map.remove("$ref");
+                for (k, pv) in part {
+                    map.entry(k.clone()).or_insert_with(|| pv.clone());
+                }
+            }
+            for child in map.values_mut() {
+                inline_refs(child, parts, depth + 1);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| inline_refs(c, parts, depth + 1)),
+        _ => {}
     }
 }
 

@@ -86,6 +86,17 @@ pub async fn find_active(db: &PgPool, key: &str) -> sqlx::Result<Option<ApiKey>>
     Ok(key)
 }
 
+/// One key by id (active or revoked).
+pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<ApiKey>> {
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT id, name, role, key_prefix, created_at, last_used_at, revoked_at FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(from_row))
+}
+
 pub async fn list(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<ApiKey>> {
     let rows: Vec<Row> = sqlx::query_as(
         "SELECT id, name, role, key_prefix, created_at, last_used_at, revoked_at FROM api_keys ORDER BY created_at, id",

@@ -2,6 +2,7 @@
 //! database from `#[sqlx::test]` (DATABASE_URL names the server).
 mod auth;
 mod concurrency;
+mod dashboard;
 mod errors;
 mod helpers;
 mod idempotency;

@@ -26,6 +26,7 @@ use crate::{
 pub struct CopyPreviousParams {
     /// Seed of the split by patient (below 2^32; default 1203, the MICRON reference's).
     #[serde(default = "default_seed")]
+    #[schema(maximum = 4294967295_u64)]
     pub seed: u64,
 }
 

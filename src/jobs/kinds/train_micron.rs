@@ -24,6 +24,7 @@ use crate::{
 pub struct TrainMicronParams {
     /// Epochs (1 to 500; default 40, the reference's).
     #[serde(default = "default_epochs")]
+    #[schema(minimum = 1, maximum = 500)]
     pub epochs: u32,
     /// `faithful` (one RMSprop step per patient, the reference) or `minibatch`.
     #[serde(default = "default_recipe")]
@@ -33,6 +34,7 @@ pub struct TrainMicronParams {
     pub backend: String,
     /// Seed of the split by patient (below 2^32; default 1203).
     #[serde(default = "default_seed")]
+    #[schema(maximum = 4294967295_u64)]
     pub seed: u64,
 }
 
