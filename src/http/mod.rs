@@ -1,7 +1,9 @@
 //! The HTTP API: one module per resource, plus errors, auth and OpenAPI.
 pub mod auth;
+pub mod cds_hooks;
 pub mod error;
 pub mod extract;
+pub mod fhir;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
@@ -29,6 +31,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(models::router())
         .merge(predictions::router())
+        .merge(fhir::router())
+        .merge(cds_hooks::router())
 }
 
 /// The OpenAPI document as served and committed.
