@@ -66,14 +66,20 @@ impl CdsAuth {
     }
 
     /// From a JWK Set (JSON), the accepted issuers and the public base URL.
-    pub fn with_jwks(jwks_json: &str, issuers: Vec<String>, base_url: &str, source: impl Into<String>) -> anyhow::Result<Self> {
+    pub fn with_jwks(
+        jwks_json: &str,
+        issuers: Vec<String>,
+        base_url: &str,
+        source: impl Into<String>,
+    ) -> anyhow::Result<Self> {
         let keys: JwkSet = serde_json::from_str(jwks_json).context("the CDS Hooks JWKS is not a JSON Web Key Set")?;
         anyhow::ensure!(!keys.keys.is_empty(), "the CDS Hooks JWKS has no keys");
         for k in &keys.keys {
             anyhow::ensure!(k.common.key_id.is_some(), "every key of the CDS Hooks JWKS needs a `kid`");
             DecodingKey::from_jwk(k).context("a key of the CDS Hooks JWKS cannot be used")?;
         }
-        let issuers: Vec<String> = issuers.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let issuers: Vec<String> =
+            issuers.into_iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
         anyhow::ensure!(!issuers.is_empty(), "a CDS Hooks JWKS needs the accepted issuers (MEDCHANGE_CDS_ISSUERS)");
         let base = base_url.trim().trim_end_matches('/').to_string();
         anyhow::ensure!(
@@ -137,7 +143,9 @@ impl CdsAuth {
             ErrorKind::ExpiredSignature => "the JWT has expired",
             ErrorKind::InvalidAudience => "the JWT audience is not this CDS service's URL",
             ErrorKind::InvalidIssuer => "the JWT issuer is not accepted",
-            ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => "the JWT lacks a required claim (iss, aud, exp, iat, jti)",
+            ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
+                "the JWT lacks a required claim (iss, aud, exp, iat, jti)"
+            }
             _ => "invalid JWT",
         })?;
         let c = data.claims;

@@ -165,7 +165,12 @@ struct Context {
     draft_orders: Vec<Entry>,
 }
 
-fn context_str(ctx: &serde_json::Map<String, Value>, name: &str, required: bool, errors: &mut Vec<FieldError>) -> Option<String> {
+fn context_str(
+    ctx: &serde_json::Map<String, Value>,
+    name: &str,
+    required: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
     match ctx.get(name) {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
         None | Some(Value::Null) if !required => None,
@@ -310,7 +315,8 @@ fn medication_codings(e: &Entry, all: &[Entry]) -> Vec<Coding> {
     let Some(r) = fhir::reference(e, "medicationReference").ok().flatten() else { return vec![] };
     let target = all.iter().find(|m| {
         m.rtype == "Medication"
-            && (m.full_url.as_deref() == Some(r) || fhir::type_and_id(r).is_some_and(|(_, id)| m.id.as_deref() == Some(id)))
+            && (m.full_url.as_deref() == Some(r)
+                || fhir::type_and_id(r).is_some_and(|(_, id)| m.id.as_deref() == Some(id)))
     });
     target.and_then(|m| fhir::codings(m, "code").ok().flatten()).unwrap_or_default()
 }
@@ -362,7 +368,10 @@ async fn history_from_prefetch(
     for e in all.iter().filter(|e| e.rtype == "Encounter") {
         let Some(id) = e.id.clone() else { continue };
         let at = e.get("period").and_then(|p| p.get("start")).and_then(Value::as_str).and_then(fhir::parse_datetime);
-        if at.is_none() || index.contains_key(&id) || e.get("status").and_then(Value::as_str) == Some("entered-in-error") {
+        if at.is_none()
+            || index.contains_key(&id)
+            || e.get("status").and_then(Value::as_str) == Some("entered-in-error")
+        {
             continue;
         }
         index.insert(id.clone(), visits.len());
@@ -602,7 +611,11 @@ fn overrides() -> Vec<CdsCoding> {
         ("already-addressed", "Already addressed"),
     ]
     .into_iter()
-    .map(|(c, d)| CdsCoding { system: format!("{TOPIC_SYSTEM}:override-reason"), code: c.into(), display: Some(d.into()) })
+    .map(|(c, d)| CdsCoding {
+        system: format!("{TOPIC_SYSTEM}:override-reason"),
+        code: c.into(),
+        display: Some(d.into()),
+    })
     .collect()
 }
 
@@ -611,8 +624,11 @@ fn build_card(inp: CardInput<'_>) -> Card {
     let outside = ch.density.as_ref().is_some_and(|d| !d.in_distribution);
     let warning = ch.interaction_warning || outside;
     let (n_add, n_rm) = (ch.added.len(), ch.removed.len());
-    let unlikely: Vec<&DraftOrder> =
-        inp.drafts.iter().filter(|d| d.selected && d.probability.is_some_and(|p| p < THRESHOLDS.remove as f64)).collect();
+    let unlikely: Vec<&DraftOrder> = inp
+        .drafts
+        .iter()
+        .filter(|d| d.selected && d.probability.is_some_and(|p| p < THRESHOLDS.remove as f64))
+        .collect();
     let mut s = match inp.hook {
         "order-select" if !unlikely.is_empty() => {
             let d = unlikely[0];
@@ -622,7 +638,9 @@ fn build_card(inp: CardInput<'_>) -> Card {
                 fmt_p(d.probability.unwrap_or(0.0))
             )
         }
-        "order-select" => format!("MICRON: selected order(s) fit the suggested set; suggests +{n_add}/-{n_rm} medication(s)"),
+        "order-select" => {
+            format!("MICRON: selected order(s) fit the suggested set; suggests +{n_add}/-{n_rm} medication(s)")
+        }
         _ if n_add + n_rm == 0 => "MICRON suggests no medication change for this visit".to_string(),
         _ => format!("MICRON suggests adding {n_add} and stopping {n_rm} medication(s) for this visit"),
     };
@@ -776,7 +794,10 @@ fn build_card(inp: CardInput<'_>) -> Card {
 pub async fn call(state: &AppState, service_id: &str, req: &HookRequest) -> Result<CdsResponse, ApiError> {
     let hook = hook_of(service_id).ok_or_else(|| ApiError::NotFound("CDS service".into()))?;
     if req.hook != hook {
-        return Err(ApiError::validation("/hook", format!("service {service_id} answers the `{hook}` hook, not `{}`", req.hook)));
+        return Err(ApiError::validation(
+            "/hook",
+            format!("service {service_id} answers the `{hook}` hook, not `{}`", req.hook),
+        ));
     }
     let ctx = parse_context(hook, req)?;
     let settings = store::fhir::settings(&state.db).await?;
@@ -803,8 +824,11 @@ pub async fn call(state: &AppState, service_id: &str, req: &HookRequest) -> Resu
     let mut drafts = vec![];
     if hook == "order-select" {
         let selected: HashSet<&str> = ctx.selections.iter().map(String::as_str).collect();
-        let pairs: Vec<(CodeSetKind, Vec<Coding>)> =
-            ctx.draft_orders.iter().map(|e| (CodeSetKind::Medications, medication_codings(e, &ctx.draft_orders))).collect();
+        let pairs: Vec<(CodeSetKind, Vec<Coding>)> = ctx
+            .draft_orders
+            .iter()
+            .map(|e| (CodeSetKind::Medications, medication_codings(e, &ctx.draft_orders)))
+            .collect();
         let refs: Vec<(CodeSetKind, &[Coding])> = pairs.iter().map(|(k, c)| (*k, c.as_slice())).collect();
         let maps = code_maps(state, &refs).await?;
         let probs: HashMap<&str, f64> = change.probabilities.iter().map(|c| (c.code.as_str(), c.probability)).collect();

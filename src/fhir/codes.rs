@@ -269,7 +269,12 @@ fn valid_code(c: &str) -> bool {
 
 /// Picks the code for a concept's codings: a native coding first, then a
 /// mapped one, then an unmapped one of the most preferred accepted system.
-pub fn choose(settings: &FhirSettings, maps: &CodeMaps, kind: CodeSetKind, codings: &[Coding]) -> Result<Chosen, NoCode> {
+pub fn choose(
+    settings: &FhirSettings,
+    maps: &CodeMaps,
+    kind: CodeSetKind,
+    codings: &[Coding],
+) -> Result<Chosen, NoCode> {
     let s = settings.set(kind);
     let rank = |sys: &str| s.accept.iter().position(|a| a == sys);
     let mut best: Option<(u8, usize, Chosen)> = None;
@@ -282,11 +287,11 @@ pub fn choose(settings: &FhirSettings, maps: &CodeMaps, kind: CodeSetKind, codin
         if c.system == s.native {
             consider(0, 0, Chosen { stored: Some(normalise(s, &c.code)), how: Choice::Native, from: c.clone() });
         } else if let Some(to) = maps.get(&(kind, c.system.clone(), c.code.trim().to_string())) {
-            consider(1, rank(&c.system).unwrap_or(usize::MAX), Chosen {
-                stored: Some(to.clone()),
-                how: Choice::Mapped,
-                from: c.clone(),
-            });
+            consider(
+                1,
+                rank(&c.system).unwrap_or(usize::MAX),
+                Chosen { stored: Some(to.clone()), how: Choice::Mapped, from: c.clone() },
+            );
         } else if let Some(pos) = rank(&c.system)
             && let Some(alias) = settings.alias(&c.system)
         {
@@ -324,7 +329,10 @@ mod tests {
         let s = FhirSettings::default();
         let mut maps = CodeMaps::new();
         let d = CodeSetKind::Diagnoses;
-        assert_eq!(choose(&s, &maps, d, &[c(SNOMED, "44054006"), c(ICD9CM, "250.00")]).unwrap().stored.unwrap(), "25000");
+        assert_eq!(
+            choose(&s, &maps, d, &[c(SNOMED, "44054006"), c(ICD9CM, "250.00")]).unwrap().stored.unwrap(),
+            "25000"
+        );
         let got = choose(&s, &maps, d, &[c(SNOMED, "44054006")]).unwrap();
         assert_eq!((got.stored.as_deref(), got.how), (Some("sct:44054006"), Choice::Unmapped));
         maps.insert((d, SNOMED.into(), "44054006".into()), "25000".into());
@@ -332,7 +340,10 @@ mod tests {
         assert_eq!((got.stored.as_deref(), got.how), (Some("25000"), Choice::Mapped));
         let m = CodeSetKind::Medications;
         assert_eq!(choose(&s, &maps, m, &[c(ATC, "N02BE01")]).unwrap().stored.unwrap(), "N02B");
-        assert_eq!(choose(&s, &maps, m, &[c("http://loinc.org", "1234-5")]), Err(NoCode::NotAccepted(vec!["http://loinc.org".into()])));
+        assert_eq!(
+            choose(&s, &maps, m, &[c("http://loinc.org", "1234-5")]),
+            Err(NoCode::NotAccepted(vec!["http://loinc.org".into()]))
+        );
     }
 
     #[test]

@@ -231,7 +231,11 @@ impl<'a> Resolver<'a> {
         };
         if let Some(i) = found {
             let t = &self.entries[i].rtype;
-            return if t == want { Ok(Target::Entry(i)) } else { Err(format!("reference {r} points at a {t}, not a {want}")) };
+            return if t == want {
+                Ok(Target::Entry(i))
+            } else {
+                Err(format!("reference {r} points at a {t}, not a {want}"))
+            };
         }
         let Some((t, id)) = type_and_id(r) else {
             return Err(format!("reference {r} is neither a fullUrl of this input nor a `{want}/id` reference"));
@@ -244,10 +248,15 @@ impl<'a> Resolver<'a> {
         }
         match self.known.get(&(t.to_string(), id.to_string())) {
             Some(k) => Ok(Target::Known(k)),
-            None => Err(format!("reference {r} resolves neither to a resource of this input nor to one imported before")),
+            None => {
+                Err(format!("reference {r} resolves neither to a resource of this input nor to one imported before"))
+            }
         }
     }
 }
+
+/// Unmapped codes of a set: (system, code) -> (display, count).
+type Tally = BTreeMap<(String, String), (Option<String>, usize)>;
 
 fn status_of(e: &Entry) -> Option<&str> {
     e.get("status").and_then(Value::as_str)
@@ -284,7 +293,9 @@ fn check_external_id(s: &str) -> Result<String, &'static str> {
 
 fn identifier_value(e: &Entry, system: &str) -> Option<String> {
     e.get("identifier")?.as_array()?.iter().find_map(|i| {
-        (i.get("system").and_then(Value::as_str) == Some(system)).then(|| i.get("value").and_then(Value::as_str))?.map(str::to_string)
+        (i.get("system").and_then(Value::as_str) == Some(system))
+            .then(|| i.get("value").and_then(Value::as_str))?
+            .map(str::to_string)
     })
 }
 
@@ -395,7 +406,8 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
         let Some(key) = e.key() else { continue };
         if is_known(e).is_some() {
             report.skip("Encounter", "already imported");
-            encounter_gone.insert(i, "its Encounter was imported by an earlier request (stored visits are not rewritten)");
+            encounter_gone
+                .insert(i, "its Encounter was imported by an earlier request (stored visits are not rewritten)");
             continue;
         }
         let subject = match reference(e, "subject") {
@@ -411,6 +423,12 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
         };
         let patient = match rs.resolve(subject, "Patient") {
             Ok(t) => match patient_slot(t, &slot_of) {
+                Some(p @ PatientSlot::Existing(id)) => {
+                    if let Some((_, rid)) = type_and_id(subject) {
+                        existing_resources.entry(id).or_insert_with(|| format!("Patient/{rid}"));
+                    }
+                    p
+                }
                 Some(p) => p,
                 None => continue, // the Patient entry itself has an error
             },
@@ -448,7 +466,14 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
             continue;
         }
         visit_of.insert(i, visits.len());
-        visits.push(PlannedVisit { entry: i, key: key.to_string(), patient, at, sets: Default::default(), coded: vec![] });
+        visits.push(PlannedVisit {
+            entry: i,
+            key: key.to_string(),
+            patient,
+            at,
+            sets: Default::default(),
+            coded: vec![],
+        });
     }
 
     // Coded resources.
@@ -495,7 +520,10 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
                 }
             },
             Ok(Target::Known(_)) => {
-                report.skip(&e.rtype, "its Encounter was imported by an earlier request (stored visits are not rewritten)");
+                report.skip(
+                    &e.rtype,
+                    "its Encounter was imported by an earlier request (stored visits are not rewritten)",
+                );
                 continue;
             }
             Err(why) => {
@@ -581,7 +609,7 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
         .into_iter()
         .filter_map(|(set, sys, code, to)| CodeSetKind::parse(&set).map(|k| ((k, sys, code), to)))
         .collect();
-    let mut unmapped: BTreeMap<CodeSetKind, BTreeMap<(String, String), (Option<String>, usize)>> = BTreeMap::new();
+    let mut unmapped: BTreeMap<CodeSetKind, Tally> = BTreeMap::new();
     for p in pending {
         let e = &entries[p.entry];
         let counts = report.codes.get_mut(p.kind.as_str()).expect("every set has counts");
@@ -621,7 +649,8 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
             Err(NoCode::NotAccepted(systems)) => {
                 counts.rejected += 1;
                 for s in systems {
-                    *counts.rejected_systems.entry(if s.is_empty() { "(no system)".into() } else { s }).or_default() += 1;
+                    *counts.rejected_systems.entry(if s.is_empty() { "(no system)".into() } else { s }).or_default() +=
+                        1;
                 }
                 report.skip(&e.rtype, format!("no coding in a system accepted for {}", p.kind.as_str()));
             }
@@ -693,13 +722,16 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
             Some(id) => format!("Patient/{id}"),
             None => p.key.clone(),
         };
-        imported.insert(row.id, ImportedPatient {
-            resource,
-            patient_id: row.id,
-            external_id: row.external_id.clone(),
-            status: status.into(),
-            visits_added: 0,
-        });
+        imported.insert(
+            row.id,
+            ImportedPatient {
+                resource,
+                patient_id: row.id,
+                external_id: row.external_id.clone(),
+                status: status.into(),
+                visits_added: 0,
+            },
+        );
         rows.push(NewResource {
             resource_type: "Patient".into(),
             resource_id: p.key.clone(),
@@ -725,15 +757,19 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
             .ok_or_else(|| anyhow::anyhow!("the patient of an imported encounter vanished"))?;
         report.visits_added += 1;
         report.used("Encounter");
+        #[allow(clippy::map_entry)] // the entry's value needs an await
         if !imported.contains_key(&patient_id) {
             let p = store::patients::get(&mut *conn, patient_id).await?.ok_or_else(|| anyhow::anyhow!("no patient"))?;
-            imported.insert(patient_id, ImportedPatient {
-                resource: existing_resources.get(&patient_id).cloned().unwrap_or_else(|| "(imported before)".into()),
+            imported.insert(
                 patient_id,
-                external_id: p.external_id,
-                status: "existing".into(),
-                visits_added: 0,
-            });
+                ImportedPatient {
+                    resource: existing_resources.get(&patient_id).cloned().unwrap_or_default(),
+                    patient_id,
+                    external_id: p.external_id,
+                    status: "existing".into(),
+                    visits_added: 0,
+                },
+            );
         }
         if let Some(p) = imported.get_mut(&patient_id) {
             p.visits_added += 1;

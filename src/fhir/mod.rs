@@ -83,7 +83,13 @@ fn push(errors: &mut Vec<FieldError>, e: FieldError) {
 }
 
 /// Reads one resource object; `at` and `label` say where it was.
-fn entry_of(v: Value, at: String, label: String, full_url: Option<String>, errors: &mut Vec<FieldError>) -> Option<Entry> {
+fn entry_of(
+    v: Value,
+    at: String,
+    label: String,
+    full_url: Option<String>,
+    errors: &mut Vec<FieldError>,
+) -> Option<Entry> {
     let Value::Object(res) = v else {
         push(errors, FieldError::new(at, format!("{label}: a resource must be a JSON object")));
         return None;
@@ -101,7 +107,10 @@ fn entry_of(v: Value, at: String, label: String, full_url: Option<String>, error
         Some(_) => {
             push(
                 errors,
-                FieldError::new(format!("{at}/id"), format!("{label} ({rtype}): id must be 1 to 64 of A-Z a-z 0-9 - .")),
+                FieldError::new(
+                    format!("{at}/id"),
+                    format!("{label} ({rtype}): id must be 1 to 64 of A-Z a-z 0-9 - ."),
+                ),
             );
             return None;
         }
@@ -162,7 +171,10 @@ pub fn parse_bundle(bytes: &[u8]) -> Result<Parsed, ApiError> {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
             Some(_) => {
-                push(&mut errors, FieldError::new(format!("{at}/fullUrl"), format!("{label}: fullUrl must be a URI string")));
+                push(
+                    &mut errors,
+                    FieldError::new(format!("{at}/fullUrl"), format!("{label}: fullUrl must be a URI string")),
+                );
                 continue;
             }
         };
@@ -173,7 +185,9 @@ pub fn parse_bundle(bytes: &[u8]) -> Result<Parsed, ApiError> {
                 &mut errors,
                 FieldError::new(
                     format!("{at}/request/method"),
-                    format!("{label}: request method {method} is not supported (only POST and PUT entries are imported)"),
+                    format!(
+                        "{label}: request method {method} is not supported (only POST and PUT entries are imported)"
+                    ),
                 ),
             );
             continue;
@@ -184,7 +198,10 @@ pub fn parse_bundle(bytes: &[u8]) -> Result<Parsed, ApiError> {
                     out.push(entry);
                 }
             }
-            None => push(&mut errors, FieldError::new(format!("{at}/resource"), format!("{label}: the entry has no resource"))),
+            None => push(
+                &mut errors,
+                FieldError::new(format!("{at}/resource"), format!("{label}: the entry has no resource")),
+            ),
         }
     }
     check_unique(&out, &mut errors);
@@ -230,7 +247,13 @@ fn check_unique(entries: &[Entry], errors: &mut Vec<FieldError>) {
         if let Some(u) = &e.full_url
             && let Some(first) = urls.insert(u, &e.label)
         {
-            push(errors, FieldError::new(e.at.replace("/resource", "/fullUrl"), format!("{}: fullUrl {u} is also the fullUrl of {first}", e.label)));
+            push(
+                errors,
+                FieldError::new(
+                    e.at.replace("/resource", "/fullUrl"),
+                    format!("{}: fullUrl {u} is also the fullUrl of {first}", e.label),
+                ),
+            );
         }
         if let Some(id) = &e.id
             && let Some(first) = ids.insert((&e.rtype, id), &e.label)
@@ -291,10 +314,9 @@ pub fn reference<'a>(e: &'a Entry, path: &str) -> Result<Option<&'a str>, FieldE
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(r)) => match r.get("reference") {
             Some(Value::String(s)) if !s.trim().is_empty() => Ok(Some(s.trim())),
-            None => Err(e.error(
-                path,
-                "a Reference without `reference` (identifier-only references) cannot be resolved",
-            )),
+            None => {
+                Err(e.error(path, "a Reference without `reference` (identifier-only references) cannot be resolved"))
+            }
             Some(_) => Err(e.error(&format!("{path}/reference"), "must be a non-empty string")),
         },
         Some(_) => Err(e.error(path, "must be a Reference object")),

@@ -22,10 +22,12 @@ use crate::{
 };
 
 pub fn router() -> OpenApiRouter<AppState> {
-    let cors = CorsLayer::new()
-        .allow_origin(Any)
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
-        .allow_headers([axum::http::header::AUTHORIZATION, axum::http::header::CONTENT_TYPE, HeaderName::from_static("x-request-id")]);
+    let cors =
+        CorsLayer::new().allow_origin(Any).allow_methods([Method::GET, Method::POST, Method::OPTIONS]).allow_headers([
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CONTENT_TYPE,
+            HeaderName::from_static("x-request-id"),
+        ]);
     OpenApiRouter::new().routes(routes!(discovery)).routes(routes!(call_service)).layer(cors)
 }
 

@@ -119,7 +119,11 @@ impl ImportParams {
                 MedicationsMode::Auto
             }
         };
-        if errors.is_empty() { Ok(ImportOptions { source, identifier_system, medications }) } else { Err(ApiError::Validation(errors)) }
+        if errors.is_empty() {
+            Ok(ImportOptions { source, identifier_system, medications })
+        } else {
+            Err(ApiError::Validation(errors))
+        }
     }
 }
 
@@ -194,7 +198,11 @@ pub async fn import(
     let ndjson = match mt.as_str() {
         "application/fhir+json" | "application/json" => false,
         "application/fhir+ndjson" | "application/x-ndjson" | "application/ndjson" => true,
-        "" => return Err(ApiError::UnsupportedMediaType("missing Content-Type; send application/fhir+json or application/fhir+ndjson".into())),
+        "" => {
+            return Err(ApiError::UnsupportedMediaType(
+                "missing Content-Type; send application/fhir+json or application/fhir+ndjson".into(),
+            ));
+        }
         other => {
             return Err(ApiError::UnsupportedMediaType(format!(
                 "`{other}` is not accepted; send a Bundle as application/fhir+json or NDJSON as application/fhir+ndjson"
@@ -205,10 +213,14 @@ pub async fn import(
     let parsed = if ndjson { fhir::parse_ndjson(&bytes)? } else { fhir::parse_bundle(&bytes)? };
     let path = "/v1/fhir/import";
     let digest = hex::encode(Sha256::digest(&bytes));
-    let hash = idempotency::fingerprint("POST", path, &serde_json::json!({
-        "source": opts.source, "identifier_system": opts.identifier_system,
-        "medications": format!("{:?}", opts.medications), "ndjson": ndjson, "body": digest,
-    }));
+    let hash = idempotency::fingerprint(
+        "POST",
+        path,
+        &serde_json::json!({
+            "source": opts.source, "identifier_system": opts.identifier_system,
+            "medications": format!("{:?}", opts.medications), "ndjson": ndjson, "body": digest,
+        }),
+    );
     idempotency::run(&state, &caller, &key, ("POST", path), hash, StatusCode::OK, async |tx| {
         let report = fhir::ingest::import(tx, &parsed, &opts).await.map_err(|e| match e {
             ApiError::Database(db) => super::error::on_unique(db, "patients_source_external_id_key", || {
@@ -262,9 +274,14 @@ pub struct CodeMapCount {
 #[utoipa::path(get, path = "/v1/fhir/code-maps", tag = "fhir",
     responses((status = 200, description = "Row counts", body = Vec<CodeMapCount>)),
     security(("api_key" = ["admin"])))]
-pub async fn list_code_maps(State(state): State<AppState>, _auth: Admin) -> Result<axum::Json<Vec<CodeMapCount>>, ApiError> {
+pub async fn list_code_maps(
+    State(state): State<AppState>,
+    _auth: Admin,
+) -> Result<axum::Json<Vec<CodeMapCount>>, ApiError> {
     let rows = store::fhir::map_counts(&state.db).await?;
-    Ok(axum::Json(rows.into_iter().map(|(code_set, from_system, rows)| CodeMapCount { code_set, from_system, rows }).collect()))
+    Ok(axum::Json(
+        rows.into_iter().map(|(code_set, from_system, rows)| CodeMapCount { code_set, from_system, rows }).collect(),
+    ))
 }
 
 /// A code map as JSON.
@@ -293,7 +310,8 @@ pub const MAX_MAP_ROWS: usize = 500_000;
 
 fn parse_csv(text: &str) -> Result<Vec<(String, CodeMapRow)>, ApiError> {
     let mut lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
-    let cells = |l: &str| -> Vec<String> { l.split(',').map(|c| c.trim().trim_matches('"').trim().to_string()).collect() };
+    let cells =
+        |l: &str| -> Vec<String> { l.split(',').map(|c| c.trim().trim_matches('"').trim().to_string()).collect() };
     let Some((_, head)) = lines.next() else {
         return Err(ApiError::validation("line:1", "the CSV is empty; its header is `from_system,from_code,to_code`"));
     };
@@ -311,7 +329,10 @@ fn parse_csv(text: &str) -> Result<Vec<(String, CodeMapRow)>, ApiError> {
             }
             continue;
         }
-        out.push((format!("line:{}", i + 1), CodeMapRow { from_system: c[0].clone(), from_code: c[1].clone(), to_code: c[2].clone() }));
+        out.push((
+            format!("line:{}", i + 1),
+            CodeMapRow { from_system: c[0].clone(), from_code: c[1].clone(), to_code: c[2].clone() },
+        ));
     }
     if errors.is_empty() { Ok(out) } else { Err(ApiError::Validation(errors)) }
 }
@@ -381,8 +402,16 @@ pub async fn put_code_map(
             let up: CodeMapUpload = parse_json(&bytes)?;
             up.mappings.into_iter().enumerate().map(|(i, r)| (format!("/mappings/{i}"), r)).collect()
         }
-        "" => return Err(ApiError::UnsupportedMediaType("missing Content-Type; send text/csv or application/json".into())),
-        other => return Err(ApiError::UnsupportedMediaType(format!("`{other}` is not accepted; send text/csv or application/json"))),
+        "" => {
+            return Err(ApiError::UnsupportedMediaType(
+                "missing Content-Type; send text/csv or application/json".into(),
+            ));
+        }
+        other => {
+            return Err(ApiError::UnsupportedMediaType(format!(
+                "`{other}` is not accepted; send text/csv or application/json"
+            )));
+        }
     };
     let rows = check_rows(&rows)?;
     let mut tx = state.db.begin().await?;

@@ -16,7 +16,11 @@ pub struct KnownResource {
 }
 
 /// The resources of `source` among `keys` (type, id).
-pub async fn find(conn: &mut PgConnection, source: &str, keys: &[(String, String)]) -> sqlx::Result<Vec<KnownResource>> {
+pub async fn find(
+    conn: &mut PgConnection,
+    source: &str,
+    keys: &[(String, String)],
+) -> sqlx::Result<Vec<KnownResource>> {
     if keys.is_empty() {
         return Ok(vec![]);
     }
@@ -147,7 +151,8 @@ pub struct CodeMapRow {
 
 /// Replaces the code map of a set; returns the rows removed.
 pub async fn replace_maps(conn: &mut PgConnection, set: CodeSetKind, rows: &[CodeMapRow]) -> sqlx::Result<u64> {
-    let removed = sqlx::query("DELETE FROM fhir_code_maps WHERE code_set = $1").bind(set.as_str()).execute(&mut *conn).await?;
+    let removed =
+        sqlx::query("DELETE FROM fhir_code_maps WHERE code_set = $1").bind(set.as_str()).execute(&mut *conn).await?;
     for chunk in rows.chunks(5000) {
         sqlx::query(
             "INSERT INTO fhir_code_maps (code_set, from_system, from_code, to_code)
@@ -176,11 +181,12 @@ pub async fn map_counts(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<(String, St
 /// Expired ids are removed on the way.
 pub async fn remember_jti(db: &sqlx::PgPool, issuer: &str, jti: &str, expires_at: DateTime<Utc>) -> sqlx::Result<bool> {
     sqlx::query("DELETE FROM cds_jwt_ids WHERE expires_at < now() - interval '5 minutes'").execute(db).await?;
-    let done = sqlx::query("INSERT INTO cds_jwt_ids (issuer, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
-        .bind(issuer)
-        .bind(jti)
-        .bind(expires_at)
-        .execute(db)
-        .await?;
+    let done =
+        sqlx::query("INSERT INTO cds_jwt_ids (issuer, jti, expires_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
+            .bind(issuer)
+            .bind(jti)
+            .bind(expires_at)
+            .execute(db)
+            .await?;
     Ok(done.rows_affected() == 1)
 }

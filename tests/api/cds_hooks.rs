@@ -220,6 +220,7 @@ async fn with_shipped_model(pool: PgPool) -> TestApp {
 
 /// `pid`'s record: four encounters with diagnoses, procedures and
 /// medications the shipped model knows; references are relative.
+#[allow(clippy::type_complexity)]
 fn record(pid: &str) -> Vec<Value> {
     let p = format!("Patient/{pid}");
     let visits: [(&str, &[&str], &[&str], &[&str]); 4] = [
@@ -294,7 +295,10 @@ fn draft_orders(pid: &str, orders: &[(&str, &str)]) -> Value {
 }
 
 async fn call(app: &TestApp, service: &str, body: &Value, bearer: Option<&str>) -> Res {
-    let mut req = Request::builder().method(Method::POST).uri(format!("/cds-services/{service}")).header("content-type", "application/json");
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/cds-services/{service}"))
+        .header("content-type", "application/json");
     if let Some(b) = bearer {
         req = req.header("authorization", format!("Bearer {b}"));
     }
@@ -378,10 +382,12 @@ async fn patient_view_answers_from_stored_data_and_from_prefetch_alike(pool: PgP
     assert_eq!(detail_without_origin(&other.cards[0]), detail_without_origin(card));
 
     // The context's encounter is the current visit.
-    let second = valid_cards(&call(&app, PV, &hook_body("patient-view", "p1", Some("p1-e1"), None), Some(&app.clinical)).await);
+    let second =
+        valid_cards(&call(&app, PV, &hook_body("patient-view", "p1", Some("p1-e1"), None), Some(&app.clinical)).await);
     assert!(second.cards[0].detail.as_deref().unwrap().contains("visit of 2026-03-02"));
     // Unknown patient, no prefetch: no card.
-    let none = valid_cards(&call(&app, PV, &hook_body("patient-view", "nobody", None, None), Some(&app.clinical)).await);
+    let none =
+        valid_cards(&call(&app, PV, &hook_body("patient-view", "nobody", None, None), Some(&app.clinical)).await);
     assert!(none.cards.is_empty());
     // Nothing was stored by any of this.
     assert_eq!((app.count("predictions").await, app.count("patient_states").await, app.count("visits").await), before);
@@ -441,10 +447,24 @@ async fn order_select_checks_the_draft_orders_with_and_without_prefetch(pool: Pg
     assert!(detail.contains("| MedicationRequest/d2 | Z99Z | unknown to the model |"), "{detail}");
     assert!(detail.contains("history from stored data"));
     // The probability the card gives the selected order is the model's.
-    let p = detail.lines().find(|l| l.contains("MedicationRequest/d1")).unwrap().rsplit('|').nth(1).unwrap().trim().to_string();
+    let p = detail
+        .lines()
+        .find(|l| l.contains("MedicationRequest/d1"))
+        .unwrap()
+        .rsplit('|')
+        .nth(1)
+        .unwrap()
+        .trim()
+        .to_string();
     let p: f64 = p.parse().unwrap();
     if p < 0.2 {
-        let del = card.suggestions.as_ref().unwrap().iter().flat_map(|s| s.actions.iter().flatten()).find(|a| a.kind == ActionType::Delete);
+        let del = card
+            .suggestions
+            .as_ref()
+            .unwrap()
+            .iter()
+            .flat_map(|s| s.actions.iter().flatten())
+            .find(|a| a.kind == ActionType::Delete);
         assert_eq!(del.unwrap().resource_id.as_deref(), Some("MedicationRequest/d1"));
         assert!(card.summary.contains("unlikely"));
     } else {
@@ -463,7 +483,15 @@ async fn order_select_checks_the_draft_orders_with_and_without_prefetch(pool: Pg
     // A draft visit: an encounter that only the prefetch's conditions name.
     let mut rec3 = record("p8");
     rec3.push(coded("Condition", "new-c", "Encounter/p8-now", ICD9, "8849"));
-    let r3 = valid_cards(&call(&app, PV, &hook_body("patient-view", "p8", Some("p8-now"), Some(prefetch_of(&rec3))), Some(&app.clinical)).await);
+    let r3 = valid_cards(
+        &call(
+            &app,
+            PV,
+            &hook_body("patient-view", "p8", Some("p8-now"), Some(prefetch_of(&rec3))),
+            Some(&app.clinical),
+        )
+        .await,
+    );
     assert!(!r3.cards[0].detail.as_deref().unwrap().contains("visit of 2026-07-20"), "the draft visit is current");
 }
 
@@ -472,36 +500,70 @@ async fn malformed_calls_are_refused(pool: PgPool) {
     let app = with_shipped_model(pool).await;
     let key = Some(app.clinical.clone());
     let cases: Vec<(&str, Value, u16, &str)> = vec![
-        (PV, {
-            let mut b = hook_body("patient-view", "p1", None, None);
-            b["context"].as_object_mut().unwrap().remove("patientId");
-            b
-        }, 422, "/context/patientId"),
-        (PV, {
-            let mut b = hook_body("patient-view", "p1", None, None);
-            b["context"] = json!("p1");
-            b
-        }, 422, "/context"),
+        (
+            PV,
+            {
+                let mut b = hook_body("patient-view", "p1", None, None);
+                b["context"].as_object_mut().unwrap().remove("patientId");
+                b
+            },
+            422,
+            "/context/patientId",
+        ),
+        (
+            PV,
+            {
+                let mut b = hook_body("patient-view", "p1", None, None);
+                b["context"] = json!("p1");
+                b
+            },
+            422,
+            "/context",
+        ),
         (PV, hook_body("order-select", "p1", None, None), 422, "/hook"),
-        (PV, {
-            let mut b = hook_body("patient-view", "p1", None, None);
-            b["hookInstance"] = json!("not-a-uuid");
-            b
-        }, 422, "/hookInstance"),
+        (
+            PV,
+            {
+                let mut b = hook_body("patient-view", "p1", None, None);
+                b["hookInstance"] = json!("not-a-uuid");
+                b
+            },
+            422,
+            "/hookInstance",
+        ),
         (OS, hook_body("order-select", "p1", None, None), 422, "/context/draftOrders"),
-        (OS, {
-            let mut b = hook_body("order-select", "p1", None, None);
-            b["context"]["selections"] = json!([]);
-            b["context"]["draftOrders"] = json!({"resourceType": "Patient"});
-            b
-        }, 422, "/context/draftOrders/resourceType"),
-        (PV, hook_body("patient-view", "p1", None, Some(json!({"encounters": {"resourceType": "Bundle", "entry": [{"x": 1}]}}))), 422, "/prefetch/encounters/entry/0/resource"),
-        (PV, {
-            let mut b = hook_body("patient-view", "p1", None, None);
-            b.as_object_mut().unwrap().remove("hook");
-            b
-        }, 422, ""), // serde names the missing field in the detail
-
+        (
+            OS,
+            {
+                let mut b = hook_body("order-select", "p1", None, None);
+                b["context"]["selections"] = json!([]);
+                b["context"]["draftOrders"] = json!({"resourceType": "Patient"});
+                b
+            },
+            422,
+            "/context/draftOrders/resourceType",
+        ),
+        (
+            PV,
+            hook_body(
+                "patient-view",
+                "p1",
+                None,
+                Some(json!({"encounters": {"resourceType": "Bundle", "entry": [{"x": 1}]}})),
+            ),
+            422,
+            "/prefetch/encounters/entry/0/resource",
+        ),
+        (
+            PV,
+            {
+                let mut b = hook_body("patient-view", "p1", None, None);
+                b.as_object_mut().unwrap().remove("hook");
+                b
+            },
+            422,
+            "",
+        ), // serde names the missing field in the detail
     ];
     for (service, body, status, pointer) in cases {
         let r = call(&app, service, &body, key.as_deref()).await;
@@ -581,12 +643,20 @@ async fn jwts_from_the_configured_jwks_and_api_keys_are_accepted(pool: PgPool) {
         ("discovery audience", token(&good, "ehr-key-1", claims(&format!("{BASE}/cds-services"), 300)), "audience"),
         ("expired", token(&good, "ehr-key-1", claims(&aud, -600)), "expired"),
         ("too long-lived", token(&good, "ehr-key-1", claims(&aud, 86_400)), "too far"),
-        ("other issuer", token(&good, "ehr-key-1", {
-            let mut c = claims(&aud, 300);
-            c["iss"] = json!("https://evil.example");
-            c
-        }), "issuer"),
-        ("no jti", token(&good, "ehr-key-1", json!({"iss": ISSUER, "aud": aud, "exp": now + 300, "iat": now})), "claim"),
+        (
+            "other issuer",
+            token(&good, "ehr-key-1", {
+                let mut c = claims(&aud, 300);
+                c["iss"] = json!("https://evil.example");
+                c
+            }),
+            "issuer",
+        ),
+        (
+            "no jti",
+            token(&good, "ehr-key-1", json!({"iss": ISSUER, "aud": aud, "exp": now + 300, "iat": now})),
+            "claim",
+        ),
         ("garbage", "a.b.c".into(), "malformed"),
         ("unknown api key", "mck_not-a-key".into(), "unknown"),
     ];

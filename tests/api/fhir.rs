@@ -115,11 +115,14 @@ fn strings(v: &Value) -> BTreeSet<String> {
     v.as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
 }
 
+/// An encounter's start and codes (diagnoses, procedures, medications).
+type Codes = (String, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>);
+
 /// What a Synthea bundle holds, counted straight from its JSON.
 struct Expected {
     patient_id: String,
     /// encounter id -> (start, diagnoses, procedures, medications) as `alias:code`.
-    encounters: BTreeMap<String, (String, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>)>,
+    encounters: BTreeMap<String, Codes>,
     conditions: usize,
     procedures: usize,
     medication_requests: usize,
@@ -145,7 +148,12 @@ fn expected(bundle: &Value) -> Expected {
             "Encounter" => {
                 x.encounters.insert(
                     r["id"].as_str().unwrap().to_string(),
-                    (r["period"]["start"].as_str().unwrap().to_string(), Default::default(), Default::default(), Default::default()),
+                    (
+                        r["period"]["start"].as_str().unwrap().to_string(),
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                    ),
                 );
             }
             _ => {}
@@ -207,7 +215,9 @@ async fn synthea_bundles_import_into_patients_and_visits_matching_an_independent
             .as_object()
             .unwrap()
             .iter()
-            .filter(|(t, _)| !["Patient", "Encounter", "Condition", "Procedure", "MedicationRequest"].contains(&t.as_str()))
+            .filter(|(t, _)| {
+                !["Patient", "Encounter", "Condition", "Procedure", "MedicationRequest"].contains(&t.as_str())
+            })
             .map(|(_, c)| {
                 assert_eq!(c["read"], c["skipped"]);
                 assert_eq!(c["skipped_reasons"]["resource type not imported"], c["read"]);
@@ -221,7 +231,12 @@ async fn synthea_bundles_import_into_patients_and_visits_matching_an_independent
         assert_eq!(rep["codes"]["diagnoses"]["native"], 0);
         assert_eq!(rep["codes"]["medications"]["unmapped"].as_u64().unwrap() as usize, x.medication_requests);
         if x.conditions > 0 {
-            let listed: u64 = rep["codes"]["diagnoses"]["unmapped_codes"].as_array().unwrap().iter().map(|c| c["count"].as_u64().unwrap()).sum();
+            let listed: u64 = rep["codes"]["diagnoses"]["unmapped_codes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["count"].as_u64().unwrap())
+                .sum();
             assert_eq!(listed as usize, x.conditions);
         }
 
@@ -271,27 +286,30 @@ async fn synthea_bundles_import_into_patients_and_visits_matching_an_independent
 #[sqlx::test]
 async fn every_resource_type_and_the_coding_rules(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let b = bundle("transaction", vec![
-        patient("p1"),
-        encounter("e1", "@p1", "2026-03-01T10:00:00+02:00"),
-        encounter("e2", "Patient/p1", "2026-04-01"),
-        coded("Condition", "c1", "@e1", ICD9, "401.9"),
-        coded("Condition", "c2", "Encounter/e1", SNOMED, "44054006"),
-        coded("Condition", "c3", "@e2", "http://loinc.org", "1234-5"),
-        json!({"resourceType": "Condition", "id": "c4", "code": {"coding": [{"system": ICD9, "code": "250.00"}]}}),
-        json!({"resourceType": "Condition", "id": "c5", "encounter": {"reference": "@e2"},
+    let b = bundle(
+        "transaction",
+        vec![
+            patient("p1"),
+            encounter("e1", "@p1", "2026-03-01T10:00:00+02:00"),
+            encounter("e2", "Patient/p1", "2026-04-01"),
+            coded("Condition", "c1", "@e1", ICD9, "401.9"),
+            coded("Condition", "c2", "Encounter/e1", SNOMED, "44054006"),
+            coded("Condition", "c3", "@e2", "http://loinc.org", "1234-5"),
+            json!({"resourceType": "Condition", "id": "c4", "code": {"coding": [{"system": ICD9, "code": "250.00"}]}}),
+            json!({"resourceType": "Condition", "id": "c5", "encounter": {"reference": "@e2"},
             "verificationStatus": {"coding": [{"code": "refuted"}]}, "code": {"coding": [{"system": ICD9, "code": "428.0"}]}}),
-        coded("Procedure", "x1", "@e1", ICD9, "38.93"),
-        json!({"resourceType": "Procedure", "id": "x2", "status": "not-done", "encounter": {"reference": "@e1"},
+            coded("Procedure", "x1", "@e1", ICD9, "38.93"),
+            json!({"resourceType": "Procedure", "id": "x2", "status": "not-done", "encounter": {"reference": "@e1"},
             "code": {"coding": [{"system": ICD9, "code": "99.04"}]}}),
-        json!({"resourceType": "Medication", "id": "med1", "code": {"coding": [{"system": ATC, "code": "N02BE01"}]}}),
-        json!({"resourceType": "Medication", "id": "med2", "code": {"coding": [{"system": ATC, "code": "A10BA02"}]}}),
-        json!({"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
+            json!({"resourceType": "Medication", "id": "med1", "code": {"coding": [{"system": ATC, "code": "N02BE01"}]}}),
+            json!({"resourceType": "Medication", "id": "med2", "code": {"coding": [{"system": ATC, "code": "A10BA02"}]}}),
+            json!({"resourceType": "MedicationRequest", "id": "m1", "status": "active", "intent": "order",
             "medicationReference": {"reference": "@med1"}, "subject": {"reference": "@p1"}, "encounter": {"reference": "@e1"}}),
-        coded("MedicationStatement", "ms1", "@e2", ATC, "C07AB02"),
-        coded("MedicationAdministration", "ma1", "@e2", RXNORM, "197361"),
-        json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "BP"}}),
-    ]);
+            coded("MedicationStatement", "ms1", "@e2", ATC, "C07AB02"),
+            coded("MedicationAdministration", "ma1", "@e2", RXNORM, "197361"),
+            json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "BP"}}),
+        ],
+    );
     let r = import_json(&app, "?source=ehr&identifier_system=urn:mrn", &b).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let rep = &r.body;
@@ -335,7 +353,10 @@ async fn every_resource_type_and_the_coding_rules(pool: PgPool) {
     assert_eq!(strings(&visits[1]["medications"]), BTreeSet::from(["C07A".into(), "rxnorm:197361".into()]));
     // Provenance: each coded resource keeps its original coding.
     let (system, code, stored): (String, String, String) =
-        sqlx::query_as("SELECT system, code, stored_code FROM fhir_resources WHERE resource_id = 'c1'").fetch_one(&app.pool).await.unwrap();
+        sqlx::query_as("SELECT system, code, stored_code FROM fhir_resources WHERE resource_id = 'c1'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!((system.as_str(), code.as_str(), stored.as_str()), (ICD9, "401.9", "4019"));
 
     // Without medication resources, medications are unknown (null); with
@@ -359,7 +380,8 @@ async fn code_maps_map_codes_and_unmapped_ones_are_counted(pool: PgPool) {
     let bytes = std::fs::read(&file).unwrap();
     let b: Value = serde_json::from_slice(&bytes).unwrap();
     let x = expected(&b);
-    let rx: BTreeSet<String> = x.encounters.values().flat_map(|e| e.3.iter().map(|c| c.trim_start_matches("rxnorm:").to_string())).collect();
+    let rx: BTreeSet<String> =
+        x.encounters.values().flat_map(|e| e.3.iter().map(|c| c.trim_start_matches("rxnorm:").to_string())).collect();
     assert!(rx.len() >= 2, "the fixture has several medications: {rx:?}");
     // Map all but one RxNorm code, and one SNOMED condition.
     let mapped: Vec<&String> = rx.iter().skip(1).collect();
@@ -372,8 +394,12 @@ async fn code_maps_map_codes_and_unmapped_ones_are_counted(pool: PgPool) {
     assert_eq!(r.body["rows"], mapped.len());
     let sct = x.encounters.values().flat_map(|e| e.1.iter()).next().unwrap().trim_start_matches("sct:").to_string();
     let r = app
-        .call(Method::PUT, "/v1/fhir/code-maps/diagnoses", Some(&app.admin),
-            Some(json!({"mappings": [{"from_system": SNOMED, "from_code": sct, "to_code": "4019"}]})))
+        .call(
+            Method::PUT,
+            "/v1/fhir/code-maps/diagnoses",
+            Some(&app.admin),
+            Some(json!({"mappings": [{"from_system": SNOMED, "from_code": sct, "to_code": "4019"}]})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let r = app.admin_get("/v1/fhir/code-maps").await;
@@ -398,17 +424,27 @@ async fn code_maps_map_codes_and_unmapped_ones_are_counted(pool: PgPool) {
     // Bad maps are refused whole, with the line or pointer.
     let before = app.count("fhir_code_maps").await;
     let r = app
-        .raw(Method::PUT, "/v1/fhir/code-maps/medications", Some(&app.admin), Some("text/csv"),
-            format!("from_system,from_code,to_code\n{RXNORM},1,A01A\n{RXNORM},2\n"))
+        .raw(
+            Method::PUT,
+            "/v1/fhir/code-maps/medications",
+            Some(&app.admin),
+            Some("text/csv"),
+            format!("from_system,from_code,to_code\n{RXNORM},1,A01A\n{RXNORM},2\n"),
+        )
         .await;
     r.assert_problem(422, "/problems/validation");
     assert_eq!(r.pointers(), ["line:3"]);
     let r = app
-        .call(Method::PUT, "/v1/fhir/code-maps/medications", Some(&app.admin),
-            Some(json!({"mappings": [{"from_system": RXNORM, "from_code": "1", "to_code": " "}]})))
+        .call(
+            Method::PUT,
+            "/v1/fhir/code-maps/medications",
+            Some(&app.admin),
+            Some(json!({"mappings": [{"from_system": RXNORM, "from_code": "1", "to_code": " "}]})),
+        )
         .await;
     assert_eq!(r.pointers(), ["/mappings/0/to_code"]);
-    let r = app.call(Method::PUT, "/v1/fhir/code-maps/allergies", Some(&app.admin), Some(json!({"mappings": []}))).await;
+    let r =
+        app.call(Method::PUT, "/v1/fhir/code-maps/allergies", Some(&app.admin), Some(json!({"mappings": []}))).await;
     assert_eq!(r.pointers(), ["path:code_set"]);
     let r = app.raw(Method::PUT, "/v1/fhir/code-maps/medications", Some(&app.clinical), Some("text/csv"), "x").await;
     r.assert_problem(403, "/problems/forbidden");
@@ -427,12 +463,15 @@ async fn settings_choose_the_systems_of_each_set(pool: PgPool) {
     s["diagnoses"]["unmapped"] = json!("skip");
     let r = app.call(Method::PUT, "/v1/fhir/settings", Some(&app.admin), Some(s.clone())).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-    let b = bundle("transaction", vec![
-        patient("p1"),
-        encounter("e1", "@p1", "2026-03-01"),
-        coded("Condition", "c1", "@e1", SNOMED, "44054006"),
-        coded("Condition", "c2", "@e1", "http://hl7.org/fhir/sid/icd-10-cm", "E11.9"),
-    ]);
+    let b = bundle(
+        "transaction",
+        vec![
+            patient("p1"),
+            encounter("e1", "@p1", "2026-03-01"),
+            coded("Condition", "c1", "@e1", SNOMED, "44054006"),
+            coded("Condition", "c2", "@e1", "http://hl7.org/fhir/sid/icd-10-cm", "E11.9"),
+        ],
+    );
     let r = import_json(&app, "", &b).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let c = &r.body["resources"]["Condition"]["skipped_reasons"];
@@ -448,12 +487,15 @@ async fn settings_choose_the_systems_of_each_set(pool: PgPool) {
 #[sqlx::test]
 async fn later_inputs_append_visits_in_time_order_and_resolve_earlier_resources(pool: PgPool) {
     let app = TestApp::new(pool).await;
-    let b = bundle("transaction", vec![
-        patient("p1"),
-        encounter("e1", "@p1", "2026-02-01T00:00:00Z"),
-        encounter("e2", "@p1", "2026-04-01T00:00:00Z"),
-        coded("Condition", "c1", "@e1", ICD9, "4019"),
-    ]);
+    let b = bundle(
+        "transaction",
+        vec![
+            patient("p1"),
+            encounter("e1", "@p1", "2026-02-01T00:00:00Z"),
+            encounter("e2", "@p1", "2026-04-01T00:00:00Z"),
+            coded("Condition", "c1", "@e1", ICD9, "4019"),
+        ],
+    );
     let r = import_json(&app, "?source=ehr", &b).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
     let pid = r.body["patients"][0]["patient_id"].as_str().unwrap().to_string();
@@ -516,63 +558,159 @@ async fn malformed_fhir_is_refused_naming_the_entry_and_nothing_is_written(pool:
         ("searchset", json!({"resourceType": "Bundle", "type": "searchset", "entry": []}), 422, "/type", "searchset"),
         ("no type", json!({"resourceType": "Bundle"}), 422, "/type", "missing"),
         ("entry not a list", json!({"resourceType": "Bundle", "type": "batch", "entry": {}}), 422, "/entry", "array"),
-        ("entry without resource", {
-            let mut b = bundle("transaction", vec![ok_patient.clone()]);
-            b["entry"].as_array_mut().unwrap().push(json!({"fullUrl": "urn:uuid:1"}));
-            b
-        }, 422, "/entry/1/resource", "entry 1"),
-        ("resource without type", {
-            let mut b = bundle("transaction", vec![ok_patient.clone()]);
-            b["entry"].as_array_mut().unwrap().push(json!({"resource": {"id": "x"}}));
-            b
-        }, 422, "/entry/1/resource/resourceType", "entry 1"),
-        ("bad id", bundle("collection", vec![json!({"resourceType": "Patient", "id": "a b"})]), 422, "/entry/0/resource/id", "entry 0"),
-        ("delete", {
-            let mut b = bundle("transaction", vec![ok_patient.clone()]);
-            b["entry"][0]["request"]["method"] = json!("DELETE");
-            b
-        }, 422, "/entry/0/request/method", "DELETE"),
-        ("duplicate fullUrl", {
-            let mut b = bundle("transaction", vec![ok_patient.clone(), ok_enc.clone()]);
-            b["entry"][1]["fullUrl"] = b["entry"][0]["fullUrl"].clone();
-            b
-        }, 422, "/entry/1/fullUrl", "entry 0"),
-        ("unresolvable urn reference", bundle("transaction", vec![
-            ok_patient.clone(), ok_enc.clone(), coded("Condition", "c1", "urn:uuid:0000", ICD9, "4019"),
-        ]), 422, "/entry/2/resource/encounter/reference", "entry 2"),
-        ("unresolvable relative reference", bundle("transaction", vec![
-            ok_patient.clone(), encounter("e1", "Patient/nobody", "2026-01-01"),
-        ]), 422, "/entry/1/resource/subject/reference", "imported before"),
-        ("reference of the wrong type", bundle("transaction", vec![
-            ok_patient.clone(), ok_enc.clone(), coded("Condition", "c1", "@p1", ICD9, "4019"),
-        ]), 422, "/entry/2/resource/encounter/reference", "not a Encounter"),
-        ("encounter without subject", bundle("transaction", vec![
-            ok_patient.clone(), json!({"resourceType": "Encounter", "id": "e1", "period": {"start": "2026-01-01"}}),
-        ]), 422, "/entry/1/resource/subject", "needs a subject"),
-        ("bad period.start", bundle("transaction", vec![
-            ok_patient.clone(), encounter("e1", "@p1", "2026-01-01T10:00:00"),
-        ]), 422, "/entry/1/resource/period/start", "dateTime"),
-        ("future visit", bundle("transaction", vec![
-            ok_patient.clone(), encounter("e1", "@p1", "2999-01-01"),
-        ]), 422, "/entry/1/resource/period/start", "future"),
-        ("subject not the encounter's patient", bundle("transaction", vec![
-            ok_patient.clone(), patient("p2"), ok_enc.clone(),
+        (
+            "entry without resource",
             {
-                let mut c = coded("Condition", "c1", "@e1", ICD9, "4019");
-                c["subject"] = json!({"reference": "@p2"});
-                c
+                let mut b = bundle("transaction", vec![ok_patient.clone()]);
+                b["entry"].as_array_mut().unwrap().push(json!({"fullUrl": "urn:uuid:1"}));
+                b
             },
-        ]), 422, "/entry/3/resource/subject/reference", "not the patient"),
-        ("coding not an array", bundle("transaction", vec![
-            ok_patient.clone(), ok_enc.clone(),
-            json!({"resourceType": "Condition", "id": "c1", "encounter": {"reference": "@e1"}, "code": {"coding": {}}}),
-        ]), 422, "/entry/2/resource/code/coding", "array"),
-        ("identifier-only reference", bundle("transaction", vec![
-            ok_patient.clone(),
-            json!({"resourceType": "Encounter", "id": "e1", "subject": {"identifier": {"value": "x"}}, "period": {"start": "2026-01-01"}}),
-        ]), 422, "/entry/1/resource/subject", "identifier"),
-        ("missing identifier", bundle("transaction", vec![json!({"resourceType": "Patient", "id": "p9"}), ok_enc.clone()]),
-            422, "/entry/0/resource/identifier", "urn:mrn"),
+            422,
+            "/entry/1/resource",
+            "entry 1",
+        ),
+        (
+            "resource without type",
+            {
+                let mut b = bundle("transaction", vec![ok_patient.clone()]);
+                b["entry"].as_array_mut().unwrap().push(json!({"resource": {"id": "x"}}));
+                b
+            },
+            422,
+            "/entry/1/resource/resourceType",
+            "entry 1",
+        ),
+        (
+            "bad id",
+            bundle("collection", vec![json!({"resourceType": "Patient", "id": "a b"})]),
+            422,
+            "/entry/0/resource/id",
+            "entry 0",
+        ),
+        (
+            "delete",
+            {
+                let mut b = bundle("transaction", vec![ok_patient.clone()]);
+                b["entry"][0]["request"]["method"] = json!("DELETE");
+                b
+            },
+            422,
+            "/entry/0/request/method",
+            "DELETE",
+        ),
+        (
+            "duplicate fullUrl",
+            {
+                let mut b = bundle("transaction", vec![ok_patient.clone(), ok_enc.clone()]);
+                b["entry"][1]["fullUrl"] = b["entry"][0]["fullUrl"].clone();
+                b
+            },
+            422,
+            "/entry/1/fullUrl",
+            "entry 0",
+        ),
+        (
+            "unresolvable urn reference",
+            bundle(
+                "transaction",
+                vec![ok_patient.clone(), ok_enc.clone(), coded("Condition", "c1", "urn:uuid:0000", ICD9, "4019")],
+            ),
+            422,
+            "/entry/2/resource/encounter/reference",
+            "entry 2",
+        ),
+        (
+            "unresolvable relative reference",
+            bundle("transaction", vec![ok_patient.clone(), encounter("e1", "Patient/nobody", "2026-01-01")]),
+            422,
+            "/entry/1/resource/subject/reference",
+            "imported before",
+        ),
+        (
+            "reference of the wrong type",
+            bundle(
+                "transaction",
+                vec![ok_patient.clone(), ok_enc.clone(), coded("Condition", "c1", "@p1", ICD9, "4019")],
+            ),
+            422,
+            "/entry/2/resource/encounter/reference",
+            "not a Encounter",
+        ),
+        (
+            "encounter without subject",
+            bundle(
+                "transaction",
+                vec![
+                    ok_patient.clone(),
+                    json!({"resourceType": "Encounter", "id": "e1", "period": {"start": "2026-01-01"}}),
+                ],
+            ),
+            422,
+            "/entry/1/resource/subject",
+            "needs a subject",
+        ),
+        (
+            "bad period.start",
+            bundle("transaction", vec![ok_patient.clone(), encounter("e1", "@p1", "2026-01-01T10:00:00")]),
+            422,
+            "/entry/1/resource/period/start",
+            "dateTime",
+        ),
+        (
+            "future visit",
+            bundle("transaction", vec![ok_patient.clone(), encounter("e1", "@p1", "2999-01-01")]),
+            422,
+            "/entry/1/resource/period/start",
+            "future",
+        ),
+        (
+            "subject not the encounter's patient",
+            bundle(
+                "transaction",
+                vec![ok_patient.clone(), patient("p2"), ok_enc.clone(), {
+                    let mut c = coded("Condition", "c1", "@e1", ICD9, "4019");
+                    c["subject"] = json!({"reference": "@p2"});
+                    c
+                }],
+            ),
+            422,
+            "/entry/3/resource/subject/reference",
+            "not the patient",
+        ),
+        (
+            "coding not an array",
+            bundle(
+                "transaction",
+                vec![
+                    ok_patient.clone(),
+                    ok_enc.clone(),
+                    json!({"resourceType": "Condition", "id": "c1", "encounter": {"reference": "@e1"}, "code": {"coding": {}}}),
+                ],
+            ),
+            422,
+            "/entry/2/resource/code/coding",
+            "array",
+        ),
+        (
+            "identifier-only reference",
+            bundle(
+                "transaction",
+                vec![
+                    ok_patient.clone(),
+                    json!({"resourceType": "Encounter", "id": "e1", "subject": {"identifier": {"value": "x"}}, "period": {"start": "2026-01-01"}}),
+                ],
+            ),
+            422,
+            "/entry/1/resource/subject",
+            "identifier",
+        ),
+        (
+            "missing identifier",
+            bundle("transaction", vec![json!({"resourceType": "Patient", "id": "p9"}), ok_enc.clone()]),
+            422,
+            "/entry/0/resource/identifier",
+            "urn:mrn",
+        ),
     ];
     for (name, body, status, pointer, needle) in cases {
         let before = app.counts().await;
@@ -608,11 +746,14 @@ async fn the_import_has_its_own_body_limit_and_honours_idempotency_keys(pool: Pg
     let app = TestApp::with_http(pool, HttpArgs { fhir_body_limit: limit, ..HttpArgs::default() }).await;
     // Above the 2 MiB default limit of other routes, below the import's.
     let pad = "x".repeat(2_500_000);
-    let b = bundle("collection", vec![
-        patient("p1"),
-        encounter("e1", "@p1", "2026-01-01"),
-        json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": pad}}),
-    ]);
+    let b = bundle(
+        "collection",
+        vec![
+            patient("p1"),
+            encounter("e1", "@p1", "2026-01-01"),
+            json!({"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": pad}}),
+        ],
+    );
     let text = b.to_string();
     assert!(text.len() > 2 * 1024 * 1024);
     let key = [("idempotency-key", "import-1")];
