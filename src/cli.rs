@@ -114,6 +114,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop(&mut cluster);
             result
         }
+        Command::Bench { command: BenchCommand::Fhir(args) } => {
+            let (pool, mut cluster) = database(&cli.global).await?;
+            let result = crate::fhir::bench::run(pool, &args).await;
+            stop(&mut cluster);
+            result
+        }
     }
 }
 

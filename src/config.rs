@@ -279,6 +279,25 @@ pub enum BenchCommand {
     /// The job queue's overhead: claims per second with several workers,
     /// and the time from creation to start (in a scratch database).
     Queue(BenchArgs),
+    /// FHIR import and CDS Hooks costs through the HTTP stack (in a scratch
+    /// database, with the shipped MICRON model).
+    Fhir(FhirBenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FhirBenchArgs {
+    /// A folder of FHIR Bundle files (`.json`).
+    #[arg(long, default_value = "../shared/fixtures/fhir/synthea-r4")]
+    pub dir: PathBuf,
+    /// Times each bundle is imported (under a new source each round).
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Calls per CDS Hooks case.
+    #[arg(long, default_value_t = 200)]
+    pub calls: usize,
+    /// The shipped models (the MICRON model answers the hooks).
+    #[arg(long, default_value = "models/shipped")]
+    pub shipped: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

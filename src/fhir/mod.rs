@@ -3,6 +3,7 @@
 //! and code maps in [`codes`]. The FHIR JSON is read as plain JSON values
 //! with the few elements the import needs checked where they are used, so
 //! that unknown elements, extensions and resource types pass through.
+pub mod bench;
 pub mod codes;
 pub mod ingest;
 
