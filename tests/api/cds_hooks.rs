@@ -692,6 +692,40 @@ async fn without_a_jwks_jwts_are_refused_and_cors_is_open(pool: PgPool) {
     assert_eq!(r.headers.get("access-control-allow-origin").unwrap(), "*");
 }
 
+/// A 2048-bit RSA key made with `openssl genrsa` for this test only (it
+/// signs nothing else): PKCS#1 DER, and its modulus for the JWK.
+const RSA_PKCS1_DER_B64: &str = "MIIEogIBAAKCAQEAp4e4SdQCLd4nIdS1cmEJwrj5YR8tIx8KdDxG+4OLp1La7EIR3e9VX3EMuODWo1YTQaCuDK7wDBjLczeFEpcldmxr/Ccnl1XX49QioMNSco2iGMI1Z+xW4qj5KjGKUUwFtpa4eR8EcCPqH7Dl0x59Wq17gvnoIenWxwRzYAAwhkTfKujAVFdlwlrkMr2OEbSrddgF0/6BCBzo8NpJYEbV88fdcI+MFlv+RvA4J/OVle5l1CsAsj3kDgrCX6cEBkhodYGkFw/WjC5R8t65pm9P6tSU3ozVbXVBqgaR5ibG04fUEK/p/kFE8ZFnoUVGh07ZPU6LOqafZpEA2mO6LSpb0wIDAQABAoIBAALyKkBXb9e03UGFQ5gBiGO9iIUbXQS4pMtOd5n3UHB7B59kZLQJ8dJhm9839PHXr2xVywDX3x/ecYc2eyrMhZ88YNm91L6ev9Lod5/c+heDX9wetURgyjnmlP6l1pd/YrwckJ1wo/g6MI/GGlnXKaNfA2EA6HSJGl42cdK4kbAY8xpdOYMdysj5IxM2kign+hWeDs86naWjIazmyQsl6tFRQbQsMIWJtJKvLZfDkKPQnP7DOjU/S9WN4Dqb+K1LvQMg2VKICdRYhVxOAUVBdgnJ3QcXAWNXZQAjAOrzQtU6ZVmBI6bZY4K8Ph3B4oMJjtWfsYWC28PqgfqPuCBxdyECgYEA1R7eqXKAgbYbhTJXzfSzjFVvIN5yk3HO79KIK9GmIxy2RwuBOmaadn4MPvaTU5xO9JY8YhWKUrK/IYZ6txHKi4GUQ1QbcKrrfxBsz4RnYPJDPEClp3e6xlofKlZS1jHqAfyiwijn4+1oaYtCc8Z6l6RcY5fJKOBU0WMH20vVxB0CgYEAyTyjo0uh2MVg7Xxto/Zr8MP4JtIVQruMnsaMbRjH2gHmXWhjEgTCWE8dxB142Y+CPI+6RqOsUWPNDwTdYOmjXERF1harW7lyCAOPk+kmTQcA+TtdpRiaUcDY2tYVAAXZE6fJd84bvhatS6LlC+izEB6OCabUGLWc6Yb5uxrUvK8CgYAC/ePyTQEw0PWh8Qr6gSzkE27z7yt8lmRpSXNP6imC5KxKYwb1YutYLnzNhXib+92/4TwHxHWko427Ur/2QfGt86u5Jj0cX8nehsSARUOOQNhgyCeLKksc7bbySTPwfdLjJEDEqP5YXMTSdnoAVhDygAQsAb15LW0DY3iAw5fEoQKBgE6k0B6lFB8vI+4rzn1hdFWngHdLatuliBMU7RRFtvTQAUNH5E/KZFk2sh9OlUgQ+YjJcrbgiBtWsXDJKesR47HPTKuaOGWkV5giLB5V443+yracKMC4mLaScy0ytQpJPsibrfSQK+9h1V/VzUWWL0SBbGkBNapib2wkP7yLg9ApAoGAayEf9NPsLrHoo7TqWWZOUE1ZG9zLEvk2yekK4jpsvtx8DnvklLinNjAYp/WxzZbZjhb6qyU8Q2QhGDewxOb72LkLAox3VeI/FLk2Jl2dc7pLjErH+LyMREHiGOokDWu6ayXfUhBNKzH8ZwnbMens7vnNb1GU72xDAlSOwW056PI=";
+const RSA_N: &str = "p4e4SdQCLd4nIdS1cmEJwrj5YR8tIx8KdDxG-4OLp1La7EIR3e9VX3EMuODWo1YTQaCuDK7wDBjLczeFEpcldmxr_Ccnl1XX49QioMNSco2iGMI1Z-xW4qj5KjGKUUwFtpa4eR8EcCPqH7Dl0x59Wq17gvnoIenWxwRzYAAwhkTfKujAVFdlwlrkMr2OEbSrddgF0_6BCBzo8NpJYEbV88fdcI-MFlv-RvA4J_OVle5l1CsAsj3kDgrCX6cEBkhodYGkFw_WjC5R8t65pm9P6tSU3ozVbXVBqgaR5ibG04fUEK_p_kFE8ZFnoUVGh07ZPU6LOqafZpEA2mO6LSpb0w";
+
+#[sqlx::test]
+async fn rs384_jwts_are_accepted_too(pool: PgPool) {
+    let mut app = with_shipped_model(pool).await;
+    let der = base64::engine::general_purpose::STANDARD.decode(RSA_PKCS1_DER_B64).unwrap();
+    let jwk = json!({"kty": "RSA", "n": RSA_N, "e": "AQAB", "kid": "rsa-1", "alg": "RS384", "use": "sig"});
+    let ec = signer("ec-1", 11);
+    let jwks = json!({"keys": [jwk, ec.jwk]}).to_string();
+    let auth = CdsAuth::with_jwks(&jwks, vec![ISSUER.into()], BASE, "fhir").unwrap();
+    app.state = app.state.clone().with_cds(auth);
+    app.router = build_app(app.state.clone());
+    let aud = format!("{BASE}/cds-services/{OS}");
+    let rsa = |kid: &str, alg: Algorithm| {
+        let mut h = Header::new(alg);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &claims(&aud, 300), &EncodingKey::from_rsa_der(&der)).unwrap()
+    };
+    let mut body = hook_body("order-select", "p1", None, Some(prefetch_of(&record("p1"))));
+    body["context"]["selections"] = json!([]);
+    body["context"]["draftOrders"] = draft_orders("p1", &[]);
+    valid_cards(&call(&app, OS, &body, Some(&rsa("rsa-1", Algorithm::RS384))).await);
+    // Algorithms the specification does not name, and a key used with
+    // another algorithm than its own, are refused.
+    let r = call(&app, OS, &body, Some(&rsa("rsa-1", Algorithm::RS256))).await;
+    r.assert_problem(401, "/problems/unauthorized");
+    assert!(r.text.contains("algorithm"), "{}", r.text);
+    let r = call(&app, OS, &body, Some(&rsa("ec-1", Algorithm::RS384))).await;
+    r.assert_problem(401, "/problems/unauthorized");
+}
+
 #[test]
 fn a_jwks_needs_issuers_a_base_url_and_kids() {
     let s = signer("k", 3);
