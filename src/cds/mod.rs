@@ -855,3 +855,99 @@ pub async fn call(state: &AppState, service_id: &str, req: &HookRequest) -> Resu
     });
     Ok(CdsResponse { cards: vec![card] })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(interactions: bool, in_distribution: Option<bool>) -> MedicationChange {
+        let mut v = json!({
+            "model": {"id": Uuid::nil(), "version": "v-test"},
+            "previous": {"source": "recorded", "medications": ["C07A", "N02B"]},
+            "predicted": ["A10B", "C07A"],
+            "added": [{"code": "A10B", "probability": 0.91}],
+            "removed": [{"code": "N02B", "probability": 0.05}],
+            "kept": [{"code": "C07A", "probability": 0.97}],
+            "probabilities": [{"code": "C07A", "probability": 0.97}, {"code": "A10B", "probability": 0.91}],
+            "probability_floor": 0.01,
+            "unknown_codes": {"diagnoses": ["sct:1"], "procedures": [], "medications": []},
+            "interactions": [],
+            "interaction_warning": false,
+            "thresholds": {"add": 0.8, "remove": 0.2},
+            "state": "stateless",
+            "state_rebuilt": false,
+            "density": null,
+            "timing": {"model_us": 1, "database_us": 1, "total_us": 2}
+        });
+        if interactions {
+            v["interactions"] = json!([{"a": "A10B", "b": "C07A"}]);
+            v["interaction_warning"] = json!(true);
+        }
+        if let Some(d) = in_distribution {
+            v["density"] = json!({"model_id": Uuid::nil(), "model_version": "d-test", "log_likelihood": -3.0,
+                "bits_per_dim": 1.0, "percentile": if d { 40.0 } else { 0.4 }, "in_distribution": d});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn card(ch: &MedicationChange, active: &OrdersByCode) -> Card {
+        build_card(CardInput {
+            hook: "patient-view",
+            change: ch,
+            settings: &FhirSettings::default(),
+            patient: "p1",
+            encounter: Some("e1"),
+            visit_at: None,
+            from: "stored",
+            active_orders: active,
+            drafts: vec![],
+        })
+    }
+
+    #[test]
+    fn the_indicator_warns_on_interactions_and_atypical_patients() {
+        let none = OrdersByCode::new();
+        let c = card(&change(false, None), &none);
+        assert_eq!(c.indicator, "info");
+        assert!(c.detail.contains("unknown (no density model is active)"));
+        let c = card(&change(false, Some(true)), &none);
+        assert_eq!(c.indicator, "info");
+        assert!(c.detail.contains("resembles the training data"));
+        let c = card(&change(false, Some(false)), &none);
+        assert_eq!(c.indicator, "warning");
+        assert!(
+            c.summary.contains("atypical patient") && c.detail.contains("outside the model's training distribution")
+        );
+        let c = card(&change(true, None), &none);
+        assert_eq!(c.indicator, "warning");
+        assert!(c.summary.contains("interacting pair") && c.detail.contains("A10B + C07A"));
+        assert!(c.summary.chars().count() < 140);
+    }
+
+    #[test]
+    fn suggestions_create_added_and_stop_active_orders() {
+        let mut active = OrdersByCode::new();
+        active.insert(
+            "N02B".into(),
+            vec![json!({"resourceType": "MedicationRequest", "id": "mr-7", "status": "active", "intent": "order"})],
+        );
+        let c = card(&change(false, None), &active);
+        assert_eq!(c.selection_behavior.as_deref(), Some("any"));
+        let add = &c.suggestions[0].actions[0];
+        assert_eq!(add.kind, "create");
+        let r = add.resource.as_ref().unwrap();
+        assert_eq!(r["medicationCodeableConcept"]["coding"][0], json!({"system": codes::ATC, "code": "A10B"}));
+        assert_eq!(r["encounter"]["reference"], "Encounter/e1");
+        let stop = &c.suggestions[1].actions[0];
+        assert_eq!(stop.kind, "update");
+        assert_eq!(stop.resource.as_ref().unwrap()["status"], "stopped");
+        assert_eq!(stop.resource.as_ref().unwrap()["id"], "mr-7");
+        assert!(c.detail.contains("| add | A10B | 0.91 |") && c.detail.contains("| stop | N02B | 0.05 |"));
+    }
+
+    #[test]
+    fn long_summaries_are_cut() {
+        let s = summary("x".repeat(300));
+        assert_eq!(s.chars().count(), 139);
+    }
+}
