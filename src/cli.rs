@@ -73,7 +73,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 ImportCommand::Micron { dir, source } => {
                     crate::import::micron(&pool, &dir, &source, show).await.map(|s| s.to_string())
                 }
-                ImportCommand::Ddi { file, source } => crate::import::ddi(&pool, &file, &source, show).await.map(|s| s.to_string()),
+                ImportCommand::Ddi { file, source } => {
+                    crate::import::ddi(&pool, &file, &source, show).await.map(|s| s.to_string())
+                }
                 ImportCommand::Fhir { path, source, identifier_system } => {
                     let opts = crate::fhir::ingest::ImportOptions {
                         source,

@@ -230,7 +230,11 @@ pub async fn load_patients(pool: &PgPool, source: Option<&str>) -> anyhow::Resul
 /// or every such file of a folder (e.g. Synthea's `output/fhir`), in name
 /// order, one transaction per file (see `fhir::ingest`). A file that fails
 /// stops the import with its name and the problems; earlier files stay.
-pub async fn fhir(pool: &PgPool, path: &Path, opts: &crate::fhir::ingest::ImportOptions) -> anyhow::Result<FhirSummary> {
+pub async fn fhir(
+    pool: &PgPool,
+    path: &Path,
+    opts: &crate::fhir::ingest::ImportOptions,
+) -> anyhow::Result<FhirSummary> {
     let mut files: Vec<std::path::PathBuf> = if path.is_dir() {
         std::fs::read_dir(path)?
             .filter_map(|e| e.ok().map(|e| e.path()))
