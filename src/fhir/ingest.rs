@@ -17,7 +17,9 @@
 //!   before; an unresolvable reference is an error.
 //! - Every used resource is remembered by (source, type, id): posting it
 //!   again changes nothing. A coded resource whose encounter was imported
-//!   by an earlier request is skipped (stored visits are not rewritten).
+//!   by an earlier request adds its code to that visit (bulk exports come
+//!   as one file per resource type), and the patient's stored model states
+//!   are dropped (the next prediction rebuilds them from the history).
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
@@ -137,7 +139,7 @@ pub struct ImportedPatient {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({
     "source": "st-elsewhere-ehr", "format": "bundle", "bundle_type": "transaction",
-    "patients_created": 1, "patients_matched": 0, "visits_added": 2,
+    "patients_created": 1, "patients_matched": 0, "visits_added": 2, "visits_amended": 0,
     "resources": {"Patient": {"read": 1, "used": 1, "skipped": 0, "skipped_reasons": {}},
         "Observation": {"read": 3, "used": 0, "skipped": 3, "skipped_reasons": {"resource type not imported": 3}}},
     "codes": {"diagnoses": {"native": 0, "mapped": 0, "unmapped": 2, "rejected": 0, "invalid": 0,
@@ -155,6 +157,9 @@ pub struct ImportReport {
     pub patients_created: usize,
     pub patients_matched: usize,
     pub visits_added: usize,
+    /// Visits imported by an earlier request that got codes of resources
+    /// posted now (e.g. bulk Condition files after the Encounter file).
+    pub visits_amended: usize,
     /// Per resource type: read, used, skipped and why.
     pub resources: BTreeMap<String, ResourceCounts>,
     /// Per code set (`diagnoses`, `procedures`, `medications`).
@@ -203,11 +208,29 @@ struct PlannedVisit {
     coded: Vec<NewResource>,
 }
 
+/// Where a coded resource's code goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dest {
+    /// A visit of this input (index into the planned visits).
+    New(usize),
+    /// A visit imported by an earlier request.
+    Stored { patient_id: Uuid, visit_id: Uuid },
+}
+
 struct Pending {
     entry: usize,
-    visit: usize,
+    dest: Dest,
     kind: CodeSetKind,
     codings: Vec<Coding>,
+}
+
+/// Codes added to a stored visit.
+#[derive(Default)]
+struct Amendment {
+    sets: [Vec<String>; 3],
+    coded: Vec<NewResource>,
+    /// The first coded resource's entry (for errors).
+    entry: usize,
 }
 
 struct Resolver<'a> {
@@ -309,6 +332,7 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
         patients_created: 0,
         patients_matched: 0,
         visits_added: 0,
+        visits_amended: 0,
         resources: BTreeMap::new(),
         codes: CodeSetKind::ALL.iter().map(|k| (k.as_str().to_string(), CodeCounts::default())).collect(),
         patients: vec![],
@@ -401,13 +425,21 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
     let mut visit_of: HashMap<usize, usize> = HashMap::new();
     // Encounter entries not becoming a visit -> why (for their coded resources).
     let mut encounter_gone: HashMap<usize, &'static str> = HashMap::new();
+    // Encounter entries imported by an earlier request -> their stored visit.
+    let mut stored_visit_of: HashMap<usize, (Uuid, Uuid)> = HashMap::new();
     let now = Utc::now();
     for (i, e) in entries.iter().enumerate().filter(|(_, e)| e.rtype == "Encounter") {
         let Some(key) = e.key() else { continue };
-        if is_known(e).is_some() {
+        if let Some(k) = is_known(e) {
             report.skip("Encounter", "already imported");
-            encounter_gone
-                .insert(i, "its Encounter was imported by an earlier request (stored visits are not rewritten)");
+            match k.visit_id {
+                Some(v) => {
+                    stored_visit_of.insert(i, (k.patient_id, v));
+                }
+                None => {
+                    encounter_gone.insert(i, "its Encounter was skipped");
+                }
+            }
             continue;
         }
         let subject = match reference(e, "subject") {
@@ -509,23 +541,24 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
                 continue;
             }
         };
-        let visit = match rs.resolve(enc, "Encounter") {
-            Ok(Target::Entry(j)) => match visit_of.get(&j) {
-                Some(&v) => v,
-                None => {
+        let dest = match rs.resolve(enc, "Encounter") {
+            Ok(Target::Entry(j)) => match (visit_of.get(&j), stored_visit_of.get(&j)) {
+                (Some(&v), _) => Dest::New(v),
+                (None, Some(&(patient_id, visit_id))) => Dest::Stored { patient_id, visit_id },
+                (None, None) => {
                     if let Some(why) = encounter_gone.get(&j) {
                         report.skip(&e.rtype, *why);
                     }
                     continue;
                 }
             },
-            Ok(Target::Known(_)) => {
-                report.skip(
-                    &e.rtype,
-                    "its Encounter was imported by an earlier request (stored visits are not rewritten)",
-                );
-                continue;
-            }
+            Ok(Target::Known(k)) => match k.visit_id {
+                Some(visit_id) => Dest::Stored { patient_id: k.patient_id, visit_id },
+                None => {
+                    report.skip(&e.rtype, "its Encounter was skipped");
+                    continue;
+                }
+            },
             Err(why) => {
                 errors.push(e.error(&format!("{enc_path}/reference"), why));
                 continue;
@@ -535,8 +568,12 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
         match reference(e, "subject") {
             Ok(Some(r)) => match rs.resolve(r, "Patient") {
                 Ok(t) => {
+                    let theirs = match dest {
+                        Dest::New(v) => visits[v].patient,
+                        Dest::Stored { patient_id, .. } => PatientSlot::Existing(patient_id),
+                    };
                     if let Some(p) = patient_slot(t, &slot_of)
-                        && p != visits[visit].patient
+                        && p != theirs
                     {
                         errors.push(e.error("subject/reference", "the subject is not the patient of its encounter"));
                         continue;
@@ -578,7 +615,7 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
             super::codings(e, "code")
         };
         match concept {
-            Ok(Some(c)) if !c.is_empty() => pending.push(Pending { entry: i, visit, kind, codings: c }),
+            Ok(Some(c)) if !c.is_empty() => pending.push(Pending { entry: i, dest, kind, codings: c }),
             Ok(_) => report.skip(&e.rtype, "no code"),
             Err(fe) => errors.push(fe),
         }
@@ -596,6 +633,24 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
         return Err(ApiError::Validation(errors));
     }
 
+    // Stored visits that already have predictions keep their codes: the
+    // audit trail says what was predicted from them.
+    let stored: Vec<(Uuid, Uuid)> = pending
+        .iter()
+        .filter_map(|p| match p.dest {
+            Dest::Stored { patient_id, visit_id } => Some((patient_id, visit_id)),
+            Dest::New(_) => None,
+        })
+        .collect();
+    let frozen = store::fhir::predicted_visits(&mut *conn, &stored).await?;
+    pending.retain(|p| match p.dest {
+        Dest::Stored { visit_id, .. } if frozen.contains(&visit_id) => {
+            report.skip(&entries[p.entry].rtype, "its visit (imported earlier) already has stored predictions");
+            false
+        }
+        _ => true,
+    });
+
     // Codes: one look-up of the admins' code maps, then the choice.
     let mut map_keys: BTreeSet<(CodeSetKind, String, String)> = BTreeSet::new();
     for p in &pending {
@@ -610,6 +665,7 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
         .filter_map(|(set, sys, code, to)| CodeSetKind::parse(&set).map(|k| ((k, sys, code), to)))
         .collect();
     let mut unmapped: BTreeMap<CodeSetKind, Tally> = BTreeMap::new();
+    let mut amendments: BTreeMap<(Uuid, Uuid), Amendment> = BTreeMap::new();
     for p in pending {
         let e = &entries[p.entry];
         let counts = report.codes.get_mut(p.kind.as_str()).expect("every set has counts");
@@ -632,9 +688,7 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
                     report.skip(&e.rtype, "unmapped code left out (settings: unmapped = skip)");
                     continue;
                 };
-                let v = &mut visits[p.visit];
-                v.sets[p.kind as usize].push(stored.clone());
-                v.coded.push(NewResource {
+                let row = NewResource {
                     resource_type: e.rtype.clone(),
                     resource_id: e.key().unwrap_or_default().to_string(),
                     patient_id: Uuid::nil(),
@@ -642,8 +696,22 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
                     code_set: Some(p.kind),
                     system: Some(chosen.from.system),
                     code: Some(chosen.from.code),
-                    stored_code: Some(stored),
-                });
+                    stored_code: Some(stored.clone()),
+                };
+                let (sets, coded) = match p.dest {
+                    Dest::New(v) => {
+                        let v = &mut visits[v];
+                        (&mut v.sets, &mut v.coded)
+                    }
+                    Dest::Stored { patient_id, visit_id } => {
+                        let a = amendments
+                            .entry((patient_id, visit_id))
+                            .or_insert_with(|| Amendment { entry: p.entry, ..Default::default() });
+                        (&mut a.sets, &mut a.coded)
+                    }
+                };
+                sets[p.kind as usize].push(stored);
+                coded.push(row);
                 report.used(&e.rtype);
             }
             Err(NoCode::NotAccepted(systems)) => {
@@ -798,6 +866,36 @@ pub async fn import(conn: &mut PgConnection, parsed: &Parsed, opts: &ImportOptio
             status: "existing".into(),
             visits_added: 0,
         });
+    }
+    // Codes for visits imported before: added to them (in order, without
+    // duplicates); the patient's stored model states no longer match its
+    // history, so they are dropped (rebuilt by the next prediction).
+    for ((patient_id, visit_id), a) in amendments {
+        store::patients::lock(&mut *conn, patient_id).await?;
+        let Some(v) = store::visits::get(&mut *conn, patient_id, visit_id).await? else {
+            return Err(anyhow::anyhow!("a stored visit of an imported encounter vanished").into());
+        };
+        let merge = |old: &[String], new: &[String], kind: CodeSetKind| -> Result<Vec<String>, ApiError> {
+            let all: Vec<&String> = old.iter().chain(new).collect();
+            CodeSet::parse(&all).map(CodeSet::into_vec).map_err(|err| {
+                ApiError::Validation(vec![entries[a.entry].error("", format!("its visit's {}: {err}", kind.as_str()))])
+            })
+        };
+        let [d, p, m] = &a.sets;
+        let diagnoses = merge(&v.diagnoses, d, CodeSetKind::Diagnoses)?;
+        let procedures = merge(&v.procedures, p, CodeSetKind::Procedures)?;
+        let medications = match (&v.medications, m.is_empty()) {
+            (None, true) => None,
+            (old, _) => Some(merge(old.as_deref().unwrap_or_default(), m, CodeSetKind::Medications)?),
+        };
+        store::fhir::amend_visit(&mut *conn, patient_id, visit_id, &diagnoses, &procedures, medications.as_deref())
+            .await?;
+        report.visits_amended += 1;
+        for mut c in a.coded {
+            c.patient_id = patient_id;
+            c.visit_id = Some(visit_id);
+            rows.push(c);
+        }
     }
     store::fhir::insert_resources(&mut *conn, &opts.source, &rows).await?;
     // External ids of existing patients that got no visit (one query).

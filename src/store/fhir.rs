@@ -72,6 +72,50 @@ pub async fn insert_resources(conn: &mut PgConnection, source: &str, rows: &[New
     Ok(())
 }
 
+/// Rewrites a stored visit's codes (the caller holds the patient's lock)
+/// and drops the patient's model states, which no longer match its history.
+pub async fn amend_visit(
+    conn: &mut PgConnection,
+    patient_id: Uuid,
+    visit_id: Uuid,
+    diagnoses: &[String],
+    procedures: &[String],
+    medications: Option<&[String]>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "UPDATE visits SET diagnoses = $3, procedures = $4, medications = $5 WHERE patient_id = $1 AND id = $2",
+    )
+    .bind(patient_id)
+    .bind(visit_id)
+    .bind(diagnoses)
+    .bind(procedures)
+    .bind(medications)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM patient_states WHERE patient_id = $1").bind(patient_id).execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Which of these (patient, visit) pairs have stored predictions.
+pub async fn predicted_visits(
+    conn: &mut PgConnection,
+    visits: &[(Uuid, Uuid)],
+) -> sqlx::Result<std::collections::HashSet<Uuid>> {
+    if visits.is_empty() {
+        return Ok(Default::default());
+    }
+    let (patients, ids): (Vec<Uuid>, Vec<Uuid>) = visits.iter().copied().unzip();
+    let found: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT DISTINCT k.v FROM unnest($1::uuid[], $2::uuid[]) AS k(p, v)
+         WHERE EXISTS (SELECT 1 FROM predictions WHERE patient_id = k.p AND visit_id = k.v)",
+    )
+    .bind(patients)
+    .bind(ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(found.into_iter().collect())
+}
+
 /// The patient a FHIR Patient id of `source` was imported as.
 pub async fn patient_of(db: impl PgExecutor<'_>, source: &str, resource_id: &str) -> sqlx::Result<Option<Uuid>> {
     sqlx::query_scalar(

@@ -501,7 +501,7 @@ async fn later_inputs_append_visits_in_time_order_and_resolve_earlier_resources(
     let pid = r.body["patients"][0]["patient_id"].as_str().unwrap().to_string();
     // Bulk NDJSON with relative references to the patient and an encounter
     // imported before: new encounters land in time order; a condition for
-    // the old encounter is skipped (stored visits are not rewritten).
+    // the old encounter is added to its visit.
     let ndjson = [
         encounter("e0", "Patient/p1", "2026-01-01T00:00:00Z"),
         encounter("e3", "Patient/p1", "2026-03-01T00:00:00Z"),
@@ -519,15 +519,14 @@ async fn later_inputs_append_visits_in_time_order_and_resolve_earlier_resources(
     assert_eq!(r.body["visits_added"], 3);
     assert_eq!(r.body["patients"][0]["status"], "existing");
     assert_eq!(r.body["patients"][0]["patient_id"], pid.as_str());
-    assert_eq!(
-        r.body["resources"]["Condition"]["skipped_reasons"]["its Encounter was imported by an earlier request (stored visits are not rewritten)"],
-        1
-    );
+    assert_eq!(r.body["visits_amended"], 1);
+    assert_eq!(r.body["resources"]["Condition"]["used"], 2);
     let visits = visits_of(&app, &pid).await;
     let enc_of = encounters_of(&app, "ehr").await;
     let order: Vec<&str> = visits.iter().map(|v| enc_of[v["id"].as_str().unwrap()].as_str()).collect();
     assert_eq!(order, ["e0", "e1", "e3", "e2", "e4"]);
     assert_eq!(strings(&visits[2]["diagnoses"]), BTreeSet::from(["25000".into()]));
+    assert_eq!(visits[1]["diagnoses"], json!(["4019", "4280"]), "added after the stored code");
     // The same resource ids under another source are other resources.
     let r = import_json(&app, "?source=other-ehr", &b).await;
     assert_eq!(r.body["patients_created"], 1);
@@ -808,4 +807,116 @@ async fn the_cli_imports_a_synthea_folder(pool: PgPool) {
     // Again: nothing new.
     let s = medchange::import::fhir(&pool, std::path::Path::new(SYNTHEA), &opts).await.unwrap();
     assert_eq!((s.summary.patients, s.summary.visits), (0, 0));
+}
+
+/// A bundle's resources as Bulk Data files: one NDJSON body per type.
+fn bulk_files(bundle: &Value) -> Vec<(String, String)> {
+    let mut by_type: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in bundle["entry"].as_array().unwrap() {
+        // Bulk exports use relative references, not the bundle's urn:uuid ones.
+        let mut text = e["resource"].to_string();
+        for e2 in bundle["entry"].as_array().unwrap() {
+            let url = e2["fullUrl"].as_str().unwrap();
+            let rel = format!(
+                "{}/{}",
+                e2["resource"]["resourceType"].as_str().unwrap(),
+                e2["resource"]["id"].as_str().unwrap()
+            );
+            text = text.replace(&format!("\"{url}\""), &format!("\"{rel}\""));
+        }
+        by_type.entry(e["resource"]["resourceType"].as_str().unwrap().to_string()).or_default().push(text);
+    }
+    let order = ["Patient", "Encounter", "Condition", "Procedure", "MedicationRequest"];
+    let mut out: Vec<(String, String)> = by_type.into_iter().map(|(t, lines)| (t, lines.join("\n") + "\n")).collect();
+    out.sort_by_key(|(t, _)| order.iter().position(|o| o == t).unwrap_or(order.len()));
+    out
+}
+
+#[sqlx::test]
+async fn bulk_files_posted_one_type_at_a_time_give_the_same_visits(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let shipped = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models/shipped"));
+    app.state.registry.register_shipped(shipped).await.unwrap();
+    let file = synthea_files().into_iter().find(|f| f.to_string_lossy().contains("Rickey")).unwrap();
+    let b: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let r = import_json(&app, "?source=whole", &b).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let whole = visits_of(&app, r.body["patients"][0]["patient_id"].as_str().unwrap()).await;
+
+    let x = expected(&b);
+    let last_start = whole.last().unwrap()["occurred_at"].clone();
+    let (last_enc, last_codes) = x
+        .encounters
+        .iter()
+        .find(|(_, e)| {
+            chrono::DateTime::parse_from_rfc3339(&e.0)
+                .unwrap()
+                .to_utc()
+                .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+                == last_start.as_str().unwrap()
+        })
+        .map(|(id, e)| (id.clone(), e.1.len() + e.2.len() + e.3.len()))
+        .unwrap();
+    let mut frozen_skips = 0;
+    let mut pid = String::new();
+    for (t, body) in bulk_files(&b) {
+        let r = import(&app, "?source=bulk", "application/fhir+ndjson", body).await;
+        assert_eq!(r.status, StatusCode::OK, "{t}: {}", r.text);
+        match t.as_str() {
+            "Patient" => pid = r.body["patients"][0]["patient_id"].as_str().unwrap().to_string(),
+            "Encounter" => {
+                assert_eq!(r.body["visits_added"], whole.len());
+                // A prediction stores the patient's model state.
+                let p = app.post(&format!("/v1/patients/{pid}/predictions"), json!({})).await;
+                assert_eq!(p.status, StatusCode::CREATED, "{}", p.text);
+                let states: i64 = sqlx::query_scalar("SELECT count(*) FROM patient_states WHERE patient_id = $1::uuid")
+                    .bind(&pid)
+                    .fetch_one(&app.pool)
+                    .await
+                    .unwrap();
+                assert_eq!(states, 1);
+            }
+            "Condition" | "Procedure" | "MedicationRequest" => {
+                assert!(r.body["visits_amended"].as_u64().unwrap() >= 1, "{t}: {}", r.text);
+                let c = &r.body["resources"][&t];
+                let frozen = c["skipped_reasons"]["its visit (imported earlier) already has stored predictions"]
+                    .as_u64()
+                    .unwrap_or(0);
+                frozen_skips += frozen;
+                assert_eq!(c["used"].as_u64().unwrap() + frozen, c["read"].as_u64().unwrap(), "{t}");
+            }
+            _ => assert_eq!(
+                r.body["resources"][&t]["skipped_reasons"]["resource type not imported"],
+                r.body["resources"][&t]["read"]
+            ),
+        }
+    }
+    let bulk = visits_of(&app, &pid).await;
+    let codes = |v: &[Value]| -> Vec<(Value, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>)> {
+        v.iter()
+            .map(|v| {
+                (
+                    v["occurred_at"].clone(),
+                    strings(&v["diagnoses"]),
+                    strings(&v["procedures"]),
+                    strings(&v["medications"]),
+                )
+            })
+            .collect()
+    };
+    // The same visits and codes either way, except the latest visit: it was
+    // predicted before its codes came, so it keeps what was predicted from.
+    let n = whole.len();
+    assert_eq!(codes(&bulk[..n - 1]), codes(&whole[..n - 1]), "the same visits and codes either way");
+    assert_eq!(frozen_skips as usize, last_codes, "the coded resources of {last_enc}");
+    assert!(last_codes > 0, "the fixture's last encounter has codes");
+    // The stale model state was dropped; the next prediction rebuilds it.
+    let states: i64 = sqlx::query_scalar("SELECT count(*) FROM patient_states WHERE patient_id = $1::uuid")
+        .bind(&pid)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(states, 0);
+    let r = app.post(&format!("/v1/patients/{pid}/predictions?replay=false"), json!({})).await;
+    assert!(r.status == StatusCode::OK || r.status == StatusCode::CREATED, "{}", r.text);
 }
