@@ -892,15 +892,11 @@ async fn bulk_files_posted_one_type_at_a_time_give_the_same_visits(pool: PgPool)
         }
     }
     let bulk = visits_of(&app, &pid).await;
-    let codes = |v: &[Value]| -> Vec<(Value, BTreeSet<String>, BTreeSet<String>, BTreeSet<String>)> {
+    let codes = |v: &[Value]| -> Vec<Codes> {
         v.iter()
             .map(|v| {
-                (
-                    v["occurred_at"].clone(),
-                    strings(&v["diagnoses"]),
-                    strings(&v["procedures"]),
-                    strings(&v["medications"]),
-                )
+                let at = v["occurred_at"].as_str().unwrap().to_string();
+                (at, strings(&v["diagnoses"]), strings(&v["procedures"]), strings(&v["medications"]))
             })
             .collect()
     };
