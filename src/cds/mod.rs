@@ -619,6 +619,52 @@ fn overrides() -> Vec<CdsCoding> {
     .collect()
 }
 
+fn distinct(codes: &[String]) -> usize {
+    codes.iter().map(|c| c.trim()).collect::<HashSet<_>>().len()
+}
+
+fn source_of(ch: &MedicationChange) -> CardSource {
+    CardSource {
+        label: format!("medchange MICRON (model {})", ch.model.version),
+        url: None,
+        topic: Some(CdsCoding {
+            system: TOPIC_SYSTEM.into(),
+            code: "medication-change".into(),
+            display: Some("Medication change suggestion".into()),
+        }),
+    }
+}
+
+/// The card for a visit the model cannot assess (no known diagnosis or
+/// procedure): no suggestion.
+fn cannot_assess(ch: &MedicationChange, at: Option<DateTime<Utc>>, from: &str, given: usize) -> Card {
+    let when = at.map(|t| format!(" of {}", t.format("%Y-%m-%d"))).unwrap_or_default();
+    let mut d = format!(
+        "MICRON (model `{}`) knows none of the {given} diagnosis and procedure codes of the visit{when} (history from \
+         {from} data), so it makes no suggestion.\n\n",
+        ch.model.version
+    );
+    let u = &ch.unknown_codes;
+    let list: Vec<&str> = u.diagnoses.iter().chain(&u.procedures).map(String::as_str).take(20).collect();
+    if !list.is_empty() {
+        d.push_str(&format!("Unknown codes: {}.\n\n", list.join(", ")));
+    }
+    d.push_str(
+        "Codes of other systems are kept as `system:code`: an administrator can map them to the model's codes \
+         (`PUT /v1/fhir/code-maps/{set}`), or a model can be trained on this hospital's codes.\n",
+    );
+    Card {
+        uuid: Uuid::new_v4(),
+        summary: "MICRON cannot assess this visit: none of its diagnoses or procedures are known to the model".into(),
+        detail: d,
+        indicator: "info".into(),
+        source: source_of(ch),
+        suggestions: vec![],
+        selection_behavior: None,
+        override_reasons: vec![],
+    }
+}
+
 fn build_card(inp: CardInput<'_>) -> Card {
     let ch = inp.change;
     let outside = ch.density.as_ref().is_some_and(|d| !d.in_distribution);
@@ -771,15 +817,7 @@ fn build_card(inp: CardInput<'_>) -> Card {
         summary: summary(s),
         detail: d,
         indicator: if warning { "warning" } else { "info" }.into(),
-        source: CardSource {
-            label: format!("medchange MICRON (model {})", ch.model.version),
-            url: None,
-            topic: Some(CdsCoding {
-                system: TOPIC_SYSTEM.into(),
-                code: "medication-change".into(),
-                display: Some("Medication change suggestion".into()),
-            }),
-        },
+        source: source_of(ch),
         selection_behavior: (!suggestions.is_empty()).then(|| "any".into()),
         suggestions,
         override_reasons: overrides(),
@@ -820,6 +858,13 @@ pub async fn call(state: &AppState, service_id: &str, req: &HookRequest) -> Resu
     let visits: Vec<HistoryVisit> = history.visits.iter().map(|v| v.visit.clone()).collect();
     let opts = PredictOptions { all_probabilities: hook == "order-select", force_replay: false };
     let change = serving::predict_stateless(state, &visits, &opts).await?;
+    // A visit none of whose diagnoses and procedures the model knows gives
+    // it nothing to go on: say so instead of suggesting.
+    let given = distinct(&current.visit.diagnoses) + distinct(&current.visit.procedures);
+    let unknown = change.unknown_codes.diagnoses.len() + change.unknown_codes.procedures.len();
+    if given <= unknown {
+        return Ok(CdsResponse { cards: vec![cannot_assess(&change, current.at, history.from, given)] });
+    }
 
     let mut drafts = vec![];
     if hook == "order-select" {

@@ -394,6 +394,28 @@ async fn patient_view_answers_from_stored_data_and_from_prefetch_alike(pool: PgP
 }
 
 #[sqlx::test]
+async fn a_visit_with_no_code_the_model_knows_gets_no_suggestion(pool: PgPool) {
+    let app = with_shipped_model(pool).await;
+    // Synthea codes conditions in SNOMED CT: unknown to the shipped model.
+    let file = crate::fhir::synthea_files().into_iter().find(|f| f.to_string_lossy().contains("Mitch")).unwrap();
+    let r = crate::fhir::import(&app, "", "application/fhir+json", std::fs::read(&file).unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let pid = r.body["patients"][0]["resource"].as_str().unwrap().trim_start_matches("Patient/").to_string();
+    let resp = valid_cards(&call(&app, PV, &hook_body("patient-view", &pid, None, None), Some(&app.clinical)).await);
+    let card = &resp.cards[0];
+    assert!(card.summary.starts_with("MICRON cannot assess this visit"), "{}", card.summary);
+    assert_eq!(card.indicator, Indicator::Info);
+    assert!(card.suggestions.is_none());
+    assert!(card.detail.as_deref().unwrap().contains("code-maps"));
+    // With a code the model knows in the current visit, it suggests again.
+    let rec = record("p1");
+    let r = valid_cards(
+        &call(&app, PV, &hook_body("patient-view", "p1", None, Some(prefetch_of(&rec))), Some(&app.clinical)).await,
+    );
+    assert!(!r.cards[0].summary.contains("cannot assess"));
+}
+
+#[sqlx::test]
 async fn interacting_pairs_make_the_card_a_warning(pool: PgPool) {
     let app = with_shipped_model(pool).await;
     let rec = record("p1");
