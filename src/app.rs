@@ -44,6 +44,8 @@ pub struct AppState {
     /// Turns true when the server shuts down; long-lived responses (event
     /// streams) end then, so that graceful shutdown does not wait on them.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// CDS Hooks: trusted EHR keys and the source of hook patient ids.
+    pub cds: Arc<crate::cds::jwt::CdsAuth>,
 }
 
 impl AppState {
@@ -62,7 +64,14 @@ impl AppState {
             kinds: Arc::new(kinds),
             registry,
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+            cds: Arc::new(crate::cds::jwt::CdsAuth::keys_only("fhir")),
         }
+    }
+
+    /// With CDS Hooks JWT authentication (see `cds::jwt`).
+    pub fn with_cds(mut self, cds: crate::cds::jwt::CdsAuth) -> Self {
+        self.cds = Arc::new(cds);
+        self
     }
 
     /// A worker sharing this state's database, kinds, registry and settings.
@@ -125,7 +134,8 @@ async fn problems(body_limit: usize, req: Request, next: Next) -> Response {
     } else {
         problem_for_status(status)
     };
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+    // Limits unknown where the body was read (extractors say 0) are the default limit.
+    if status == StatusCode::PAYLOAD_TOO_LARGE && (!is_problem || problem.detail.contains("limit of 0 bytes")) {
         problem.detail = format!("the request body exceeds the limit of {body_limit} bytes");
     }
     problem.request_id = request_id;

@@ -67,9 +67,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             db::migrate(&pool).await?;
             let show = std::io::stderr().is_terminal();
             let result = match what {
-                ImportCommand::Native { file, source } => crate::import::native(&pool, &file, &source, show).await,
-                ImportCommand::Micron { dir, source } => crate::import::micron(&pool, &dir, &source, show).await,
-                ImportCommand::Ddi { file, source } => crate::import::ddi(&pool, &file, &source, show).await,
+                ImportCommand::Native { file, source } => {
+                    crate::import::native(&pool, &file, &source, show).await.map(|s| s.to_string())
+                }
+                ImportCommand::Micron { dir, source } => {
+                    crate::import::micron(&pool, &dir, &source, show).await.map(|s| s.to_string())
+                }
+                ImportCommand::Ddi { file, source } => {
+                    crate::import::ddi(&pool, &file, &source, show).await.map(|s| s.to_string())
+                }
+                ImportCommand::Fhir { path, source, identifier_system } => {
+                    let opts = crate::fhir::ingest::ImportOptions {
+                        source,
+                        identifier_system,
+                        medications: Default::default(),
+                    };
+                    crate::import::fhir(&pool, &path, &opts).await.map(|s| s.to_string())
+                }
             };
             pool.close().await;
             stop(&mut cluster);
@@ -105,6 +119,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench { command: BenchCommand::Serve(args) } => {
             let (pool, mut cluster) = database(&cli.global).await?;
             let result = crate::serving::bench::run(pool, &args).await;
+            stop(&mut cluster);
+            result
+        }
+        Command::Bench { command: BenchCommand::Fhir(args) } => {
+            let (pool, mut cluster) = database(&cli.global).await?;
+            let result = crate::fhir::bench::run(pool, &args).await;
             stop(&mut cluster);
             result
         }
@@ -267,7 +287,9 @@ async fn serve(global: &GlobalArgs, args: ServeArgs) -> anyhow::Result<()> {
 async fn serve_with(pool: PgPool, args: &ServeArgs) -> anyhow::Result<()> {
     db::migrate(&pool).await.context("applying migrations")?;
     bootstrap_admin(&pool, args.admin_key.as_ref().map(|s| s.expose())).await?;
-    let state = AppState::with_jobs(pool.clone(), args.http.clone(), args.jobs.clone(), crate::jobs::JobKinds::builtin());
+    let cds = crate::cds::jwt::CdsAuth::from_args(&args.cds).context("CDS Hooks settings")?;
+    let state = AppState::with_jobs(pool.clone(), args.http.clone(), args.jobs.clone(), crate::jobs::JobKinds::builtin())
+        .with_cds(cds);
     // A fresh install serves the shipped default models at once.
     let shipped = state.registry.register_shipped(&args.jobs.shipped_models).await.context("registering the shipped models")?;
     for m in &shipped {

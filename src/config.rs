@@ -118,6 +118,17 @@ pub enum ImportCommand {
         #[arg(long, default_value = "micron")]
         source: String,
     },
+    /// FHIR R4: Bundle files (`.json`) and bulk NDJSON files (`.ndjson`), or a
+    /// folder of them (e.g. Synthea's output); one transaction per file.
+    Fhir {
+        path: PathBuf,
+        /// The EHR the resources come from (resource ids are unique per source).
+        #[arg(long, default_value = "fhir")]
+        source: String,
+        /// Take the external patient id from the identifier of this system.
+        #[arg(long)]
+        identifier_system: Option<String>,
+    },
     /// A CSV of interacting medication pairs (header `atc3_a,atc3_b`).
     Ddi {
         file: PathBuf,
@@ -215,11 +226,45 @@ pub struct ServeArgs {
     pub http: HttpArgs,
     #[command(flatten)]
     pub jobs: JobsArgs,
+    #[command(flatten)]
+    pub cds: CdsArgs,
 }
 
 impl Default for ServeArgs {
     fn default() -> Self {
-        Self { bind: "127.0.0.1:8080".parse().unwrap(), admin_key: None, http: HttpArgs::default(), jobs: JobsArgs::default() }
+        Self {
+            bind: "127.0.0.1:8080".parse().unwrap(),
+            admin_key: None,
+            http: HttpArgs::default(),
+            jobs: JobsArgs::default(),
+            cds: CdsArgs::default(),
+        }
+    }
+}
+
+/// CDS Hooks: how EHRs authenticate (JWTs signed with keys of a JWKS).
+#[derive(Debug, Clone, Args)]
+pub struct CdsArgs {
+    /// The EHRs' public keys: a JSON Web Key Set, inline (`{"keys": [...]}`)
+    /// or the path of a file holding one. Unset: CDS Hooks calls need an API key.
+    #[arg(long, env = "MEDCHANGE_CDS_JWKS")]
+    pub jwks: Option<String>,
+    /// Accepted `iss` values of CDS Hooks JWTs, comma-separated (required with a JWKS).
+    #[arg(long, env = "MEDCHANGE_CDS_ISSUERS", value_delimiter = ',')]
+    pub issuers: Vec<String>,
+    /// This service's public base URL (e.g. `https://cds.example.org`): a
+    /// JWT's `aud` must be `<base>/cds-services/<id>`, the endpoint called.
+    #[arg(long, env = "MEDCHANGE_CDS_BASE_URL")]
+    pub base_url: Option<String>,
+    /// The source (EHR name) whose imported FHIR ids the hooks' `patientId`
+    /// and `encounterId` refer to when no prefetch is sent.
+    #[arg(long, env = "MEDCHANGE_CDS_SOURCE", default_value = "fhir")]
+    pub source: String,
+}
+
+impl Default for CdsArgs {
+    fn default() -> Self {
+        Self { jwks: None, issuers: vec![], base_url: None, source: "fhir".into() }
     }
 }
 
@@ -238,6 +283,9 @@ pub enum BenchCommand {
     /// predict" (incremental vs replay) at several history lengths, driven
     /// by wrk on loopback (in a scratch database).
     Serve(ServeBenchArgs),
+    /// FHIR import and CDS Hooks costs through the HTTP stack (in a scratch
+    /// database, with the shipped MICRON model).
+    Fhir(FhirBenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -273,6 +321,22 @@ pub struct ServeBenchArgs {
     /// The wrk executable.
     #[arg(long, default_value = "wrk")]
     pub wrk: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FhirBenchArgs {
+    /// A folder of FHIR Bundle files (`.json`).
+    #[arg(long, default_value = "../shared/fixtures/fhir/synthea-r4")]
+    pub dir: PathBuf,
+    /// Times each bundle is imported (under a new source each round).
+    #[arg(long, default_value_t = 10)]
+    pub rounds: usize,
+    /// Calls per CDS Hooks case.
+    #[arg(long, default_value_t = 200)]
+    pub calls: usize,
+    /// The shipped models (the MICRON model answers the hooks).
+    #[arg(long, default_value = "models/shipped")]
+    pub shipped: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -374,11 +438,20 @@ pub struct HttpArgs {
     /// relative to the working directory. Without it the API still runs.
     #[arg(long, env = "MEDCHANGE_DASHBOARD_DIR", default_value = "frontend/dist")]
     pub dashboard_dir: PathBuf,
+    /// Largest FHIR import body (`POST /v1/fhir/import`), in bytes: bundles
+    /// and bulk NDJSON are larger than other requests.
+    #[arg(long, env = "MEDCHANGE_FHIR_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
+    pub fhir_body_limit: usize,
 }
 
 impl Default for HttpArgs {
     fn default() -> Self {
-        Self { body_limit: 2 * 1024 * 1024, request_timeout_secs: 30.0, dashboard_dir: "frontend/dist".into() }
+        Self {
+            body_limit: 2 * 1024 * 1024,
+            request_timeout_secs: 30.0,
+            dashboard_dir: "frontend/dist".into(),
+            fhir_body_limit: 64 * 1024 * 1024,
+        }
     }
 }
 

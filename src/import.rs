@@ -225,3 +225,76 @@ pub async fn load_patients(pool: &PgPool, source: Option<&str>) -> anyhow::Resul
     }
     Ok(out)
 }
+
+/// Imports FHIR R4 files: Bundles (`.json`) and bulk NDJSON (`.ndjson`),
+/// or every such file of a folder (e.g. Synthea's `output/fhir`), in name
+/// order, one transaction per file (see `fhir::ingest`). A file that fails
+/// stops the import with its name and the problems; earlier files stay.
+pub async fn fhir(
+    pool: &PgPool,
+    path: &Path,
+    opts: &crate::fhir::ingest::ImportOptions,
+) -> anyhow::Result<FhirSummary> {
+    let mut files: Vec<std::path::PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json" || x == "ndjson"))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no .json or .ndjson file in {}", path.display());
+    let mut summary = FhirSummary::default();
+    for f in files {
+        summary.files += 1;
+        let bytes = std::fs::read(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+        let is_ndjson = f.extension().is_some_and(|x| x == "ndjson");
+        let explain = |e: crate::http::error::ApiError| {
+            let p = e.to_problem();
+            let mut s = format!("{}: {}", f.display(), p.detail);
+            for fe in p.errors.iter().skip(1) {
+                s.push_str(&format!("\n  {} at {}", fe.detail, fe.pointer));
+            }
+            anyhow::anyhow!(s)
+        };
+        let parsed = if is_ndjson { crate::fhir::parse_ndjson(&bytes) } else { crate::fhir::parse_bundle(&bytes) };
+        let parsed = parsed.map_err(explain)?;
+        let mut tx = pool.begin().await?;
+        let report = crate::fhir::ingest::import(&mut tx, &parsed, opts).await.map_err(explain)?;
+        tx.commit().await?;
+        summary.summary.patients += report.patients_created + report.patients_matched;
+        summary.summary.visits += report.visits_added;
+        for (t, c) in &report.resources {
+            for (why, n) in &c.skipped_reasons {
+                *summary.summary.skipped.entry(format!("{t}: {why}")).or_default() += n;
+            }
+        }
+        for (set, c) in &report.codes {
+            let e = summary.codes.entry(set.clone()).or_default();
+            e[0] += c.native;
+            e[1] += c.mapped;
+            e[2] += c.unmapped;
+        }
+    }
+    Ok(summary)
+}
+
+/// What `import fhir` did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FhirSummary {
+    pub files: usize,
+    pub summary: Summary,
+    /// Per code set: native, mapped and unmapped codes.
+    pub codes: BTreeMap<String, [usize; 3]>,
+}
+
+impl fmt::Display for FhirSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} file(s): {}", self.files, self.summary)?;
+        for (set, [n, m, u]) in &self.codes {
+            write!(f, "\n  {set} codes: {n} native, {m} mapped, {u} without a mapping (kept as alias:code)")?;
+        }
+        Ok(())
+    }
+}

@@ -14,7 +14,7 @@ pub struct Caller {
     pub role: Role,
 }
 
-async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+pub(crate) async fn authenticate(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     let header = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)

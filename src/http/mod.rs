@@ -1,8 +1,10 @@
 //! The HTTP API: one module per resource, plus errors, auth and OpenAPI.
 pub mod auth;
 pub mod dashboard;
+pub mod cds_hooks;
 pub mod error;
 pub mod extract;
+pub mod fhir;
 pub mod health;
 pub mod idempotency;
 pub mod jobs;
@@ -30,6 +32,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(jobs::router())
         .merge(models::router())
         .merge(predictions::router())
+        .merge(fhir::router())
+        .merge(cds_hooks::router())
 }
 
 /// The OpenAPI document as served and committed.

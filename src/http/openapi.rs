@@ -28,6 +28,8 @@ use super::error::{FieldError, Problem};
         (name = "api-keys", description = "API keys (admin)"),
         (name = "jobs", description = "Training and evaluation jobs, with live progress (admin)"),
         (name = "models", description = "The model registry: versions, comparison, activation (admin)"),
+        (name = "fhir", description = "FHIR R4 ingest (Bundles and bulk NDJSON) and its coding settings and code maps"),
+        (name = "cds-hooks", description = "CDS Hooks 2.0 services (outside /v1, as the specification places them)"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]
@@ -59,6 +61,19 @@ impl Modify for Common {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("API key")
                     .description(Some("An API key; the requirement's list names the role needed."))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "cds_jwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "CDS Hooks: a JWT signed by the EHR (ES384 or RS384) with a key of the configured JWKS \
+                         (MEDCHANGE_CDS_JWKS); `iss` accepted, `aud` the endpoint's URL, `exp`, `iat`, `jti` required.",
+                    ))
                     .build(),
             ),
         );

@@ -1,5 +1,6 @@
 //! SQL, one module per aggregate. Functions take an executor so callers
 //! choose the transaction.
+pub mod fhir;
 pub mod idempotency;
 pub mod keys;
 pub mod patients;

@@ -48,7 +48,14 @@ async fn every_operation_needs_the_right_key(pool: PgPool) {
     assert!(secured.len() >= 10, "too few operations found: {secured:?}");
     let mut public_sorted = public.clone();
     public_sorted.sort();
-    assert_eq!(public_sorted, ["get /healthz", "get /metrics", "get /readyz"], "only operational endpoints are public");
+    // CDS Hooks discovery is public: it only describes the services (no
+    // patient data), and EHR administrators read it to register them; the
+    // services themselves need a JWT or a key (covered below).
+    assert_eq!(
+        public_sorted,
+        ["get /cds-services", "get /healthz", "get /metrics", "get /readyz"],
+        "only operational endpoints and CDS Hooks discovery are public"
+    );
     let mut admin_ops = 0;
     for (method, path, role) in &secured {
         let body = matches!(*method, Method::POST | Method::PUT | Method::PATCH).then(|| json!({}));

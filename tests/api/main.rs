@@ -1,9 +1,11 @@
 //! Integration tests against a real PostgreSQL: every test gets its own
 //! database from `#[sqlx::test]` (DATABASE_URL names the server).
 mod auth;
+mod cds_hooks;
 mod concurrency;
 mod dashboard;
 mod errors;
+mod fhir;
 mod helpers;
 mod idempotency;
 mod import;
