@@ -134,7 +134,8 @@ async fn problems(body_limit: usize, req: Request, next: Next) -> Response {
     } else {
         problem_for_status(status)
     };
-    // Limits unknown where the body was read (extractors say 0) are the default limit.
+    // Limits unknown where the body was read (extractors and the body-limit
+    // layer say 0) are the default limit; a handler with its own limit states it.
     if status == StatusCode::PAYLOAD_TOO_LARGE && (!is_problem || problem.detail.contains("limit of 0 bytes")) {
         problem.detail = format!("the request body exceeds the limit of {body_limit} bytes");
     }

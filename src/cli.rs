@@ -110,6 +110,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             stop(&mut cluster);
             result
         }
+        Command::Bench { command: BenchCommand::Density(args) } => {
+            tokio::task::spawn_blocking(move || crate::ml::iresnet::bench::run(&args)).await?
+        }
         Command::Bench { command: BenchCommand::Queue(args) } => {
             let (pool, mut cluster) = database(&cli.global).await?;
             let result = crate::jobs::bench::run(pool, &args).await;
@@ -224,7 +227,7 @@ async fn eval_cmd(global: &GlobalArgs, args: crate::config::EvalArgs) -> anyhow:
         }
     }
     let prep = pipeline::Prepared::new(&patients, &pairs, split, Some(micron.vocab.clone()))?;
-    let eval = pipeline::evaluate(&micron, gru.as_ref().map(|g| &g.predictor), &prep, &args.part, args.calibrate)?;
+    let eval = pipeline::evaluate(Some(&micron), gru.as_ref().map(|g| &g.predictor), &prep, &args.part, args.calibrate)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&eval)?);
     } else {

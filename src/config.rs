@@ -286,6 +286,10 @@ pub enum BenchCommand {
     /// FHIR import and CDS Hooks costs through the HTTP stack (in a scratch
     /// database, with the shipped MICRON model).
     Fhir(FhirBenchArgs),
+    /// Density models: scoring throughput, encode/invert latency, training
+    /// time per epoch, the Gaussian-mixture and out-of-distribution results
+    /// (no database needed).
+    Density(DensityBenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -337,6 +341,49 @@ pub struct FhirBenchArgs {
     /// The shipped models (the MICRON model answers the hooks).
     #[arg(long, default_value = "models/shipped")]
     pub shipped: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DensityBenchArgs {
+    /// Dimensions to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,64,128")]
+    pub dims: Vec<usize>,
+    /// Residual blocks of the timing models.
+    #[arg(long, default_value_t = 4)]
+    pub blocks: usize,
+    /// Hidden width of the timing models.
+    #[arg(long, default_value_t = 128)]
+    pub hidden: usize,
+    /// Inputs scored per measurement.
+    #[arg(long, default_value_t = 2000)]
+    pub inputs: usize,
+    /// Training inputs for the time per epoch.
+    #[arg(long, default_value_t = 4096)]
+    pub train_inputs: usize,
+    /// Training (and test) inputs of the Gaussian mixture.
+    #[arg(long, default_value_t = 20_000)]
+    pub mixture_inputs: usize,
+    #[arg(long, default_value_t = 40)]
+    pub mixture_epochs: usize,
+    /// Synthetic patients of the out-of-distribution measurement.
+    #[arg(long, default_value_t = 6350)]
+    pub ood_patients: usize,
+    #[arg(long, default_value_t = 8)]
+    pub ood_micron_epochs: usize,
+    #[arg(long, default_value_t = 30)]
+    pub ood_density_epochs: usize,
+    #[arg(long, default_value_t = 4)]
+    pub ood_blocks: usize,
+    #[arg(long, default_value_t = 64)]
+    pub ood_hidden: usize,
+    #[arg(long)]
+    pub skip_speed: bool,
+    #[arg(long)]
+    pub skip_train: bool,
+    #[arg(long)]
+    pub skip_mixture: bool,
+    #[arg(long)]
+    pub skip_ood: bool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -442,6 +489,9 @@ pub struct HttpArgs {
     /// and bulk NDJSON are larger than other requests.
     #[arg(long, env = "MEDCHANGE_FHIR_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
     pub fhir_body_limit: usize,
+    /// Largest accepted dataset upload (`POST /v1/density/datasets`), in bytes.
+    #[arg(long, env = "MEDCHANGE_DATASET_BODY_LIMIT", default_value_t = 64 * 1024 * 1024)]
+    pub dataset_body_limit: usize,
 }
 
 impl Default for HttpArgs {
@@ -451,6 +501,7 @@ impl Default for HttpArgs {
             request_timeout_secs: 30.0,
             dashboard_dir: "frontend/dist".into(),
             fhir_body_limit: 64 * 1024 * 1024,
+            dataset_body_limit: 64 * 1024 * 1024,
         }
     }
 }

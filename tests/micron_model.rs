@@ -480,7 +480,7 @@ fn gru_baseline_trains_saves_and_loads() {
         val_p,
         &GruTrainConfig { epochs: 8, ..GruTrainConfig::default() },
         &device(),
-        &mut |_, _, _| {},
+        &mut |_| {},
         &|| false,
     );
     let first = out.history[0].1;

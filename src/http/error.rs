@@ -80,6 +80,10 @@ pub enum ApiError {
     IdempotencyMismatch,
     #[error("{0}")]
     ArtifactIntegrity(String),
+    /// A model whose inputs come from a version that is no longer served
+    /// (a density model over a MICRON version that is not the active one).
+    #[error("{0}")]
+    StaleModel(String),
     #[error("service unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -107,6 +111,7 @@ impl ApiError {
             ApiError::Conflict(_) => ("/problems/conflict", "Conflict", StatusCode::CONFLICT),
             ApiError::IdempotencyMismatch => ("/problems/idempotency-key-reused", "Idempotency key reused", StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::ArtifactIntegrity(_) => ("/problems/artifact-integrity", "Model artifacts failed verification", StatusCode::CONFLICT),
+            ApiError::StaleModel(_) => ("/problems/stale-model", "The model is stale", StatusCode::CONFLICT),
             ApiError::Unavailable(_) => ("/problems/unavailable", "Service unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::Database(_) | ApiError::Internal(_) => ("/problems/internal", "Internal server error", StatusCode::INTERNAL_SERVER_ERROR),
         }

@@ -2,6 +2,7 @@
 pub mod auth;
 pub mod dashboard;
 pub mod cds_hooks;
+pub mod density;
 pub mod error;
 pub mod extract;
 pub mod fhir;
@@ -34,6 +35,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .merge(predictions::router())
         .merge(fhir::router())
         .merge(cds_hooks::router())
+        .merge(density::router())
 }
 
 /// The OpenAPI document as served and committed.

@@ -64,6 +64,11 @@ pub enum ModelStatus {
 pub struct ModelVersion {
     pub id: Uuid,
     pub kind: ModelKind,
+    /// Serving scope: one version per kind and scope is active. Empty for
+    /// MICRON and the baselines; for density models `micron_health:<MICRON
+    /// version id>` or `vectors:<dataset id>`, so that density models over
+    /// different feature spaces are served side by side.
+    pub scope: String,
     pub version: String,
     pub status: ModelStatus,
     #[schema(value_type = Object)]
@@ -98,6 +103,7 @@ impl From<store::models::ModelRow> for ModelVersion {
         ModelVersion {
             id: r.id,
             kind: ModelKind::parse(&r.kind).unwrap_or(ModelKind::CopyPrevious),
+            scope: r.scope,
             version: r.version,
             status: serde_json::from_value(Value::String(r.status)).unwrap_or(ModelStatus::Failed),
             config: r.config,
@@ -163,6 +169,8 @@ pub async fn list_models(
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ServedModel {
     pub kind: String,
+    /// Serving scope (empty, or a density model's feature space).
+    pub scope: String,
     pub model_id: Uuid,
     pub version: String,
     /// sha256 of every file, verified when it was loaded.
@@ -171,7 +179,7 @@ pub struct ServedModel {
 
 /// The versions this process serves.
 ///
-/// What is loaded in memory (checksums verified), one per kind; replicas
+/// What is loaded in memory (checksums verified), one per kind and scope; replicas
 /// follow activations made elsewhere within a few seconds.
 #[utoipa::path(get, path = "/v1/models/active", tag = "models",
     responses((status = 200, description = "Served versions by kind", body = Vec<ServedModel>)),
@@ -184,6 +192,7 @@ pub async fn served_models(State(state): State<AppState>, _auth: Admin) -> axum:
             .iter()
             .map(|m| ServedModel {
                 kind: m.kind.clone(),
+                scope: m.scope.clone(),
                 model_id: m.id,
                 version: m.version.clone(),
                 files: m.files.clone(),
@@ -287,7 +296,7 @@ pub async fn get_model(
 /// Activate a model version.
 ///
 /// Verifies every artifact's sha256, loads the version, then makes it the
-/// served version of its kind (the previous one goes back to `ready`),
+/// served version of its kind and scope (the previous one goes back to `ready`),
 /// without a restart. A version whose artifacts fail verification is
 /// refused (409 `artifact-integrity`) and the served version stays.
 #[utoipa::path(post, path = "/v1/models/{model_id}/activate", tag = "models",

@@ -20,7 +20,8 @@ use super::error::{FieldError, Problem};
         license(name = "MIT OR Apache-2.0")
     ),
     components(schemas(Problem, FieldError, crate::jobs::Progress, crate::jobs::DataSnapshot,
-        crate::jobs::kinds::copy_previous::CopyPreviousParams, crate::jobs::kinds::evaluate::EvaluateParams)),
+        crate::jobs::kinds::copy_previous::CopyPreviousParams, crate::jobs::kinds::evaluate::EvaluateParams,
+        crate::jobs::kinds::train_density::TrainDensityParams)),
     tags(
         (name = "patients", description = "Patients and erasure"),
         (name = "visits", description = "A patient's visit history; appending a visit predicts its medication change"),
@@ -30,6 +31,7 @@ use super::error::{FieldError, Problem};
         (name = "models", description = "The model registry: versions, comparison, activation (admin)"),
         (name = "fhir", description = "FHIR R4 ingest (Bundles and bulk NDJSON) and its coding settings and code maps"),
         (name = "cds-hooks", description = "CDS Hooks 2.0 services (outside /v1, as the specification places them)"),
+        (name = "density", description = "Density models (invertible residual networks): score (clinical), encode, invert, sample, training score distributions, vector datasets (admin)"),
         (name = "operations", description = "Health, readiness and metrics"),
     )
 )]

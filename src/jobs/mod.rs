@@ -90,6 +90,16 @@ pub trait JobKind: Send + Sync + 'static {
     fn check(&self, _params: &Self::Params, _db: &PgPool) -> impl Future<Output = Result<(), ApiError>> + Send {
         async { Ok(()) }
     }
+    /// Fills parameters that depend on the database when the job is created
+    /// (e.g. "the active version" becomes its id), after [`JobKind::check`],
+    /// so that the stored parameters say exactly what every attempt uses.
+    fn resolve(
+        &self,
+        params: Self::Params,
+        _db: &PgPool,
+    ) -> impl Future<Output = Result<Self::Params, ApiError>> + Send {
+        async move { Ok(params) }
+    }
     /// Does the work on a blocking thread. Call [`JobContext::checkpoint`]
     /// (or [`JobContext::is_cancelled`]) every batch and return
     /// [`Cancelled`] when asked to stop; write artifacts only under
@@ -142,6 +152,7 @@ impl<K: JobKind> DynJobKind for K {
                 ));
             }
             self.check(&parsed, db).await?;
+            let parsed = self.resolve(parsed, db).await?;
             Ok(serde_json::to_value(&parsed).map_err(anyhow::Error::from)?)
         })
     }

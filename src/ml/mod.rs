@@ -8,4 +8,5 @@ pub mod synth;
 pub mod backend;
 pub mod baselines;
 pub mod micron;
+pub mod iresnet;
 pub mod pipeline;

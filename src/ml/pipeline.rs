@@ -63,6 +63,11 @@ impl Prepared {
     }
 }
 
+/// Row names of an [`Evaluation`].
+pub const MICRON_ROW: &str = "MICRON";
+pub const COPY_PREVIOUS_ROW: &str = "copy-previous";
+pub const GRU_ROW: &str = "GRU (full history)";
+
 /// The metric table rows of one evaluation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Evaluation {
@@ -94,10 +99,11 @@ fn both(preds: &[PatientPrediction], ddi: &DdiMatrix) -> (Metrics, Metrics) {
     (metrics::evaluate(preds, ddi, MetricOptions::CLEAN), metrics::evaluate(preds, ddi, MetricOptions::REFERENCE))
 }
 
-/// Evaluates MICRON (and the baselines) on `part` of the split.
-/// `calibrate`: thresholds from the validation split (micron.md), else 0.8 / 0.2.
+/// Evaluates MICRON (when given), copy-previous and the GRU baseline (when
+/// given) on `part` of the split. `calibrate`: MICRON's thresholds from the
+/// validation split (micron.md), else 0.8 / 0.2.
 pub fn evaluate(
-    micron: &MicronArtifact,
+    micron: Option<&MicronArtifact>,
     gru: Option<&GruPredictor>,
     prep: &Prepared,
     part: &str,
@@ -110,27 +116,28 @@ pub fn evaluate(
         other => anyhow::bail!("unknown split part {other:?} (test, val or train)"),
     };
     let patients = prep.part(idx);
-    let predictor = micron.predictor();
-    let n_med = micron.vocab.med.len();
-    let th = if calibrate {
-        let val = prep.part(&prep.split.val);
-        let val_preds = predictor.predict_patients(val.iter().map(|p| p.visits.as_slice()), Thresholds::default());
-        let (add, remove) = metrics::calibrate_from_predictions(&val_preds, n_med);
-        Thresholds { add, remove }
-    } else {
-        Thresholds::default()
-    };
+    let n_med = prep.data.vocab.med.len();
     let mut rows = vec![];
-    let preds = predictor.predict_patients(patients.iter().map(|p| p.visits.as_slice()), th);
-    let (c, q) = both(&preds, &prep.ddi);
-    rows.push(("MICRON".to_string(), c, q));
+    let mut th = Thresholds::default();
+    if let Some(micron) = micron {
+        let predictor = micron.predictor();
+        if calibrate {
+            let val = prep.part(&prep.split.val);
+            let val_preds = predictor.predict_patients(val.iter().map(|p| p.visits.as_slice()), Thresholds::default());
+            let (add, remove) = metrics::calibrate_from_predictions(&val_preds, n_med);
+            th = Thresholds { add, remove };
+        }
+        let preds = predictor.predict_patients(patients.iter().map(|p| p.visits.as_slice()), th);
+        let (c, q) = both(&preds, &prep.ddi);
+        rows.push((MICRON_ROW.to_string(), c, q));
+    }
     let preds = copy_prev_patients(patients.iter().map(|p| p.visits.as_slice()), n_med);
     let (c, q) = both(&preds, &prep.ddi);
-    rows.push(("copy-previous".to_string(), c, q));
+    rows.push((COPY_PREVIOUS_ROW.to_string(), c, q));
     if let Some(gru) = gru {
         let preds = gru.predict_patients(patients.iter().map(|p| p.visits.as_slice()));
         let (c, q) = both(&preds, &prep.ddi);
-        rows.push(("GRU (full history)".to_string(), c, q));
+        rows.push((GRU_ROW.to_string(), c, q));
     }
     Ok(Evaluation { split: part.to_string(), thresholds: (th.add, th.remove), rows })
 }
@@ -185,8 +192,8 @@ pub fn train_and_save(
             }
             let art = MicronArtifact::from_outcome(&outcome, prep.data.vocab.clone());
             art.save(&req.out, &device).with_context(|| format!("saving to {}", req.out.display()))?;
-            let eval = evaluate(&art, None, prep, "test", false)?;
-            let val = evaluate(&art, None, prep, "val", false)?;
+            let eval = evaluate(Some(&art), None, prep, "test", false)?;
+            let val = evaluate(Some(&art), None, prep, "val", false)?;
             let mut summary = TrainSummary::from(&outcome);
             summary.extra = Some(serde_json::json!({"test": eval, "val": val, "train_config": cfg}));
             save_training_record(&req.out, &summary, Some(&prep.split))?;
@@ -195,19 +202,33 @@ pub fn train_and_save(
         ModelKind::Gru => {
             let config = GruBaselineConfig::new(nd, np, nm);
             let cfg = GruTrainConfig { epochs: req.epochs, ..GruTrainConfig::default() };
-            let mut on_epoch = |epoch: usize, loss: f64, val_jaccard: f64| {
-                on_event(&TrainEvent::Epoch {
-                    report: super::micron::EpochReport { epoch, train_loss: loss, val_jaccard, train_seconds: 0.0, val_seconds: 0.0, steps: 0 },
-                    best_epoch: None,
-                })
-            };
-            let outcome = train_gru(&config, &train_set, &val_set, &cfg, &device, &mut on_epoch, cancel);
+            let outcome = train_gru(&config, &train_set, &val_set, &cfg, &device, on_event, cancel);
             if outcome.cancelled {
                 return Ok(None);
             }
             let art = GruArtifact { config, vocab: prep.data.vocab.clone(), predictor: GruPredictor { model: outcome.model, threshold: cfg.threshold } };
             art.save(&req.out).with_context(|| format!("saving to {}", req.out.display()))?;
-            Ok(None)
+            let eval = evaluate(None, Some(&art.predictor), prep, "test", false)?;
+            let val = evaluate(None, Some(&art.predictor), prep, "val", false)?;
+            let summary = TrainSummary {
+                best_epoch: outcome.best_epoch,
+                history: outcome
+                    .history
+                    .iter()
+                    .map(|&(epoch, train_loss, val_jaccard, secs)| super::micron::EpochReport {
+                        epoch,
+                        train_loss,
+                        val_jaccard,
+                        train_seconds: secs,
+                        val_seconds: 0.0,
+                        steps: 0,
+                    })
+                    .collect(),
+                cancelled: false,
+                extra: Some(serde_json::json!({"test": eval, "val": val, "train_config": cfg})),
+            };
+            save_training_record(&req.out, &summary, Some(&prep.split))?;
+            Ok(Some(eval))
         }
     }
 }

@@ -78,6 +78,8 @@ pub enum RegistryError {
 pub struct LoadedModel {
     pub id: Uuid,
     pub kind: String,
+    /// Serving scope (see [`ModelRow::scope`]).
+    pub scope: String,
     pub version: String,
     pub path: PathBuf,
     pub files: BTreeMap<String, String>,
@@ -85,6 +87,8 @@ pub struct LoadedModel {
     pub vocab: Option<Vocabularies>,
     /// The weights of a MICRON version (kind `micron`), ready to serve.
     pub micron: Option<Arc<crate::ml::micron::LoadedMicron>>,
+    /// A density version (kind `density`), ready to serve.
+    pub density: Option<Arc<crate::ml::iresnet::LoadedDensity>>,
 }
 
 /// sha256 (hex) of one file.
@@ -164,10 +168,19 @@ pub fn load_blocking(models_dir: &Path, row: &ModelRow) -> Result<LoadedModel, R
     } else {
         None
     };
+    let density = if row.kind == ModelKind::Density.as_str() {
+        let d = crate::ml::iresnet::LoadedDensity::load(&path)
+            .map_err(|e| integrity(format!("the density model does not load: {e}")))?;
+        Some(Arc::new(d))
+    } else {
+        None
+    };
     Ok(LoadedModel {
         micron,
+        density,
         id: row.id,
         kind: row.kind.clone(),
+        scope: row.scope.clone(),
         version: row.version.clone(),
         path,
         files: row.files.0.clone(),
@@ -187,18 +200,35 @@ pub fn new_version(id: Uuid) -> String {
     format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &s[s.len() - 8..])
 }
 
+/// The key of a served slot: the kind, or `kind/scope` for scoped versions.
+fn slot(kind: &str, scope: &str) -> String {
+    if scope.is_empty() { kind.to_string() } else { format!("{kind}/{scope}") }
+}
+
+/// Versions loaded on demand (not active) that stay in memory.
+const LOADED_CACHE: usize = 8;
+
 /// The registry: metadata in PostgreSQL, artifacts under `dir`, and the
-/// served version of each kind.
+/// served version of each kind (of each kind and scope, for scoped kinds
+/// such as density models).
 pub struct Registry {
     db: PgPool,
     dir: PathBuf,
     active: RwLock<HashMap<String, Arc<LoadedModel>>>,
+    /// Versions loaded by id (e.g. a `ready` density model scored by id).
+    cache: RwLock<Vec<Arc<LoadedModel>>>,
     swap: tokio::sync::Mutex<()>,
 }
 
 impl Registry {
     pub fn new(db: PgPool, dir: impl Into<PathBuf>) -> Self {
-        Self { db, dir: dir.into(), active: RwLock::default(), swap: tokio::sync::Mutex::new(()) }
+        Self {
+            db,
+            dir: dir.into(),
+            active: RwLock::default(),
+            cache: RwLock::default(),
+            swap: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -211,20 +241,47 @@ impl Registry {
         self.dir.join(".staging")
     }
 
-    /// The served version of `kind`, if any.
+    /// The served version of `kind` (kinds served without a scope), if any.
     pub fn active(&self, kind: &str) -> Option<Arc<LoadedModel>> {
-        self.active.read().expect("registry lock").get(kind).cloned()
+        self.active_in(kind, "")
     }
 
-    /// Every served version, by kind.
+    /// The served version of `kind` in `scope`, if any.
+    pub fn active_in(&self, kind: &str, scope: &str) -> Option<Arc<LoadedModel>> {
+        self.active.read().expect("registry lock").get(&slot(kind, scope)).cloned()
+    }
+
+    /// Every served version, by kind and scope.
     pub fn active_all(&self) -> Vec<Arc<LoadedModel>> {
         let mut v: Vec<_> = self.active.read().expect("registry lock").values().cloned().collect();
-        v.sort_by(|a, b| a.kind.cmp(&b.kind));
+        v.sort_by(|a, b| (&a.kind, &a.scope).cmp(&(&b.kind, &b.scope)));
         v
     }
 
     fn swap_in(&self, model: LoadedModel) {
-        self.active.write().expect("registry lock").insert(model.kind.clone(), Arc::new(model));
+        self.active.write().expect("registry lock").insert(slot(&model.kind, &model.scope), Arc::new(model));
+    }
+
+    /// A version loaded in memory, verified: the served one when `row` is
+    /// served, else loaded (checksums verified) and kept in a small cache.
+    /// Artifacts never change after registration, so a cached load stays
+    /// valid; the caller checks the row's status.
+    pub async fn loaded(&self, row: &ModelRow) -> Result<Arc<LoadedModel>, RegistryError> {
+        if let Some(m) = self.active_in(&row.kind, &row.scope).filter(|m| m.id == row.id) {
+            return Ok(m);
+        }
+        if let Some(m) = self.cache.read().expect("registry lock").iter().find(|m| m.id == row.id) {
+            return Ok(m.clone());
+        }
+        let loaded = Arc::new(self.load(row).await?);
+        let mut cache = self.cache.write().expect("registry lock");
+        if !cache.iter().any(|m| m.id == row.id) {
+            if cache.len() >= LOADED_CACHE {
+                cache.remove(0);
+            }
+            cache.push(loaded.clone());
+        }
+        Ok(loaded)
     }
 
     /// Loads and verifies a version's artifacts off the async runtime.
@@ -273,10 +330,11 @@ impl Registry {
             }
         };
         let mut tx = self.db.begin().await?;
-        let previous = store::activate(&mut tx, &row.kind, id).await?;
+        let previous = store::activate(&mut tx, &row.kind, &row.scope, id).await?;
         tx.commit().await?;
         self.swap_in(loaded);
-        tracing::info!(model_id = %id, kind = %row.kind, version = %row.version, previous = ?previous, "model version activated");
+        tracing::info!(model_id = %id, kind = %row.kind, scope = %row.scope, version = %row.version, previous = ?previous,
+            "model version activated");
         store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)
     }
 
@@ -303,7 +361,7 @@ impl Registry {
     pub async fn refresh(&self) -> Result<(), RegistryError> {
         let _guard = self.swap.lock().await;
         for row in store::all_active(&self.db).await? {
-            if self.active(&row.kind).is_some_and(|m| m.id == row.id) {
+            if self.active_in(&row.kind, &row.scope).is_some_and(|m| m.id == row.id) {
                 continue;
             }
             match self.load(&row).await {
@@ -318,11 +376,11 @@ impl Registry {
         Ok(())
     }
 
-    /// Activates `row` if no version of its kind is active, or if its
-    /// validation score beats the active one's by at least `margin`.
+    /// Activates `row` if no version of its kind (and scope) is active, or
+    /// if its validation score beats the active one's by at least `margin`.
     /// Returns whether it was promoted.
     pub async fn maybe_promote(&self, row: &ModelRow, margin: f64) -> Result<bool, RegistryError> {
-        let current = store::active(&self.db, &row.kind).await?;
+        let current = store::active_in(&self.db, &row.kind, &row.scope).await?;
         let better = match (&current, row.val_score) {
             (None, _) => true,
             (Some(c), Some(new)) => c.val_score.is_none_or(|old| new >= old + margin),

@@ -420,7 +420,13 @@ impl Answer<'_> {
             thresholds: ThresholdsUsed { add: decimal(THRESHOLDS.add), remove: decimal(THRESHOLDS.remove) },
             state: self.state,
             state_rebuilt: self.state == StateUse::Rebuilt,
-            density: density::visit_density(app, self.model, &self.step.state.h_last),
+            // Stateless batches compute it on their blocking thread (it costs
+            // milliseconds per visit at D = 64).
+            density: if self.state == StateUse::Stateless {
+                None
+            } else {
+                density::visit_density(app, self.model, &self.step.state.h_last)
+            },
             timing: Timing::default(),
         }
     }
@@ -730,9 +736,19 @@ pub async fn predict_histories(
 ) -> Result<Vec<Vec<MedicationChange>>, ApiError> {
     let work = {
         let micron = micron.clone();
+        let registry = app.registry.clone();
+        let model = model.clone();
         move || {
             let p = &micron.predictor;
             let vocab = &micron.artifact.vocab;
+            let with_density = |out: Vec<(LiveStep, UnknownCodes)>| {
+                out.into_iter()
+                    .map(|(s, u)| {
+                        let d = density::density_of(&registry, &model, &s.state.h_last);
+                        (s, u, d)
+                    })
+                    .collect::<Vec<_>>()
+            };
             histories
                 .into_iter()
                 .map(|visits| {
@@ -758,7 +774,7 @@ pub async fn predict_histories(
                             out.push((s, u));
                         }
                     }
-                    out
+                    with_density(out)
                 })
                 .collect::<Vec<_>>()
         }
@@ -770,8 +786,11 @@ pub async fn predict_histories(
         .iter()
         .map(|h| {
             h.iter()
-                .map(|(s, u)| {
-                    Answer { model, micron, step: s, unknown: u.clone(), state: StateUse::Stateless, opts }.build(app)
+                .map(|(s, u, d)| {
+                    let mut a =
+                        Answer { model, micron, step: s, unknown: u.clone(), state: StateUse::Stateless, opts }.build(app);
+                    a.density = d.clone();
+                    a
                 })
                 .collect()
         })

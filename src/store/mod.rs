@@ -8,3 +8,4 @@ pub mod visits;
 pub mod jobs;
 pub mod models;
 pub mod predictions;
+pub mod density;

@@ -10,6 +10,9 @@ use uuid::Uuid;
 pub struct ModelRow {
     pub id: Uuid,
     pub kind: String,
+    /// Serving scope (`config.serving_scope`, empty for most kinds): one
+    /// version per kind and scope is active.
+    pub scope: String,
     pub version: String,
     pub status: String,
     pub config: Value,
@@ -29,7 +32,7 @@ pub struct ModelRow {
 
 macro_rules! model_cols {
     () => {
-        "id, kind, version, status, config, metrics, val_score, vocab, artifact_path, files, source, job_id, \
+        "id, kind, scope, version, status, config, metrics, val_score, vocab, artifact_path, files, source, job_id, \
          data_snapshot, parent_id, created_at, activated_at, retired_at"
     };
 }
@@ -78,15 +81,26 @@ pub async fn get(db: impl PgExecutor<'_>, id: Uuid) -> sqlx::Result<Option<Model
     sqlx::query_as(concat!("SELECT ", model_cols!(), " FROM models WHERE id = $1")).bind(id).fetch_optional(db).await
 }
 
+/// The active version of a kind served without a scope (MICRON, the baselines).
 pub async fn active(db: impl PgExecutor<'_>, kind: &str) -> sqlx::Result<Option<ModelRow>> {
-    sqlx::query_as(concat!("SELECT ", model_cols!(), " FROM models WHERE kind = $1 AND status = 'active'"))
-        .bind(kind)
-        .fetch_optional(db)
-        .await
+    active_in(db, kind, "").await
+}
+
+/// The active version of a kind in a serving scope.
+pub async fn active_in(db: impl PgExecutor<'_>, kind: &str, scope: &str) -> sqlx::Result<Option<ModelRow>> {
+    sqlx::query_as(concat!(
+        "SELECT ",
+        model_cols!(),
+        " FROM models WHERE kind = $1 AND scope = $2 AND status = 'active'"
+    ))
+    .bind(kind)
+    .bind(scope)
+    .fetch_optional(db)
+    .await
 }
 
 pub async fn all_active(db: impl PgExecutor<'_>) -> sqlx::Result<Vec<ModelRow>> {
-    sqlx::query_as(concat!("SELECT ", model_cols!(), " FROM models WHERE status = 'active' ORDER BY kind"))
+    sqlx::query_as(concat!("SELECT ", model_cols!(), " FROM models WHERE status = 'active' ORDER BY kind, scope"))
         .fetch_all(db)
         .await
 }
@@ -117,19 +131,21 @@ pub async fn list(
     .await
 }
 
-/// Makes `id` the active version of its kind; the previous active version
-/// goes back to `ready`. Serialized per kind by an advisory lock. Returns
-/// the previous active version's id.
-pub async fn activate(conn: &mut sqlx::PgConnection, kind: &str, id: Uuid) -> sqlx::Result<Option<Uuid>> {
+/// Makes `id` the active version of its kind and scope; the previous active
+/// version of that scope goes back to `ready`. Serialized per kind by an
+/// advisory lock. Returns the previous active version's id.
+pub async fn activate(conn: &mut sqlx::PgConnection, kind: &str, scope: &str, id: Uuid) -> sqlx::Result<Option<Uuid>> {
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('medchange.models.' || $1))")
         .bind(kind)
         .execute(&mut *conn)
         .await?;
     let previous: Option<Uuid> = sqlx::query_scalar(
-        "UPDATE models SET status = 'ready' WHERE kind = $1 AND status = 'active' AND id <> $2 RETURNING id",
+        "UPDATE models SET status = 'ready' WHERE kind = $1 AND scope = $3 AND status = 'active' AND id <> $2 \
+         RETURNING id",
     )
     .bind(kind)
     .bind(id)
+    .bind(scope)
     .fetch_optional(&mut *conn)
     .await?;
     sqlx::query("UPDATE models SET status = 'active', activated_at = now(), retired_at = NULL WHERE id = $1")

@@ -149,7 +149,8 @@ async fn bad_jobs_are_refused_at_creation(pool: PgPool) {
     let app = TestApp::new(pool).await;
     let cases = [
         (json!({"kind": "nope"}), "/kind"),
-        (json!({"kind": "train_gru", "params": {}}), "/kind"),
+        (json!({"kind": "train_gru", "params": {"epochs": 0}}), "/params/epochs"),
+        (json!({"kind": "train_gru", "params": {"recipe": "faithful"}}), "/params/recipe"),
         (json!({"kind": "train_micron", "params": {"epochs": 0}}), "/params/epochs"),
         (json!({"kind": "train_micron", "params": {"backend": "abacus"}}), "/params/backend"),
         (json!({"kind": "train_micron", "params": {"recipe": "fast"}}), "/params/recipe"),
@@ -165,8 +166,6 @@ async fn bad_jobs_are_refused_at_creation(pool: PgPool) {
         r.assert_problem(422, "/problems/validation");
         assert_eq!(r.pointers(), [pointer], "{body}: {}", r.text);
     }
-    let r = app.admin_post("/v1/jobs", Some(json!({"kind": "train_gru"}))).await;
-    assert!(r.text.contains("not available in this build"), "{}", r.text);
     assert_eq!(app.count("jobs").await, 0, "nothing was queued");
     let kinds = app.admin_get("/v1/job-kinds").await.body;
     let names: Vec<(&str, bool)> = kinds
@@ -177,7 +176,7 @@ async fn bad_jobs_are_refused_at_creation(pool: PgPool) {
         .collect();
     assert!(names.contains(&("train_copy_previous", true))
             && names.contains(&("train_micron", true))
-            && names.contains(&("train_gru", false)), "{names:?}");
+            && names.contains(&("train_gru", true)), "{names:?}");
 }
 
 #[sqlx::test]
@@ -202,6 +201,52 @@ async fn a_micron_training_job_registers_a_servable_version(pool: PgPool) {
     assert!(r.body["metrics"]["test"]["rows"][0][1]["jaccard"].as_f64().is_some(), "{}", r.body["metrics"]);
     let r = app.admin_post(&format!("/v1/models/{model}/activate"), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+
+    // The evaluate job measures it on its recorded test split: the same
+    // MICRON numbers as the training job's own test table.
+    let eval = create(&app, json!({"kind": "evaluate", "params": {"model_id": model, "split": "test"}})).await;
+    let done = app.worker("w1").claim_and_run_one().await.unwrap().expect("claimed");
+    assert_eq!(done.status, "succeeded", "error: {:?}", done.error);
+    let r = app.admin_get(&format!("/v1/jobs/{eval}")).await;
+    let measured = &r.body["result"]["metrics"];
+    let trained = app.admin_get(&format!("/v1/models/{model}")).await.body["metrics"]["test"]["rows"][0][1].clone();
+    let (a, b) = (measured["jaccard"].as_f64().unwrap(), trained["jaccard"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-9, "{measured} vs {trained}");
+    assert_eq!(measured["visits"], trained["visits"], "{measured} vs {trained}");
+}
+
+#[sqlx::test]
+async fn a_gru_training_job_registers_a_version_that_evaluates(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    app.seed_visits(40, 3).await;
+    let job = create(&app, json!({"kind": "train_gru", "params": {"epochs": 2}})).await;
+    let done = app.worker("w1").claim_and_run_one().await.unwrap().expect("claimed");
+    assert_eq!(done.status, "succeeded", "error: {:?}", done.error);
+    let evs = events(&app, &job).await;
+    assert_eq!(evs.iter().filter(|e| e["kind"] == "epoch").count(), 2, "one event per epoch");
+    assert!(evs.iter().any(|e| e["kind"] == "step"), "step events too");
+    let r = app.admin_get(&format!("/v1/jobs/{job}")).await;
+    let model = r.body["model_id"].as_str().expect("a version").to_string();
+    let r = app.admin_get(&format!("/v1/models/{model}")).await;
+    assert_eq!(r.body["kind"], "gru");
+    assert!(r.body["val_score"].as_f64().is_some(), "{}", r.body);
+    let files: Vec<&str> = r.body["files"].as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    for f in ["weights.bpk", "config.json", "vocab.json", "threshold.json", "metrics.json", "split.json"] {
+        assert!(files.contains(&f), "{f} in {files:?}");
+    }
+    let dir = app.models_dir.join(r.body["artifact_path"].as_str().unwrap());
+    let device = medchange::ml::backend::BackendChoice::default().device();
+    medchange::ml::baselines::GruArtifact::load(&dir, &device).expect("the artifact loads as a GRU model");
+
+    let eval = create(&app, json!({"kind": "evaluate", "params": {"model_id": model, "split": "val"}})).await;
+    let done = app.worker("w1").claim_and_run_one().await.unwrap().expect("claimed");
+    assert_eq!(done.status, "succeeded", "error: {:?}", done.error);
+    let r = app.admin_get(&format!("/v1/jobs/{eval}")).await;
+    assert_eq!(r.body["result"]["kind"], "gru");
+    let j = r.body["result"]["metrics"]["jaccard"].as_f64().expect("a Jaccard");
+    assert!((0.0..=1.0).contains(&j), "{}", r.body);
+    let v = r.body["result"]["metrics"]["visits"].as_u64().unwrap_or(0);
+    assert!(v > 0, "scored visits: {}", r.body);
 }
 
 /// Records every run of every job.

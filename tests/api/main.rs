@@ -4,6 +4,7 @@ mod auth;
 mod cds_hooks;
 mod concurrency;
 mod dashboard;
+mod density;
 mod errors;
 mod fhir;
 mod helpers;

@@ -34,7 +34,7 @@ fn vocab() -> Vocabularies {
 /// A random MICRON model with spread-out probabilities (so the thresholds
 /// add and remove medications), installed as a registry version; activated
 /// when `activate`.
-async fn install_micron(app: &TestApp, seed: u64, activate: bool) -> (Uuid, String) {
+pub async fn install_micron(app: &TestApp, seed: u64, activate: bool) -> (Uuid, String) {
     let mut rng = StdRng::seed_from_u64(seed);
     let d = 8;
     let mut u = |n: usize, s: f32| (0..n).map(|_| rng.random_range(-s..s)).collect::<Vec<f32>>();

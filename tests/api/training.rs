@@ -61,9 +61,9 @@ async fn micron_trained_on_stored_visits_beats_copy_previous(pool: PgPool) {
     let art = MicronArtifact::load(&out, &device).unwrap();
     let stored = import::load_patients(&pool, Some("synth")).await.unwrap();
     let prep = pipeline::Prepared::new(&stored, &cohort.ddi_pairs, Some(prep_split), Some(art.vocab.clone())).unwrap();
-    let again = pipeline::evaluate(&art, None, &prep, "test", false).unwrap();
+    let again = pipeline::evaluate(Some(&art), None, &prep, "test", false).unwrap();
     assert_eq!(again.rows[0].1, micron.1);
-    let calibrated = pipeline::evaluate(&art, None, &prep, "test", true).unwrap();
+    let calibrated = pipeline::evaluate(Some(&art), None, &prep, "test", true).unwrap();
     assert!((0.5..=0.9).contains(&calibrated.thresholds.0) && (0.1..=0.5).contains(&calibrated.thresholds.1));
     eprintln!("{}\n{}", eval.table(), calibrated.table());
     let _ = std::fs::remove_dir_all(&dir);

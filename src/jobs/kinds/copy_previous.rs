@@ -76,9 +76,10 @@ pub fn predict(
     Ok(out)
 }
 
-/// Scores predictions (no DDI pairs are stored yet: the DDI rate is 0).
-pub fn score(predictions: &[PatientPrediction], n_med: usize) -> Metrics {
-    metrics::evaluate(predictions, &DdiMatrix::new(n_med), MetricOptions::CLEAN)
+/// Scores predictions against the interaction matrix (micron.md's metrics,
+/// without the reference's aliasing quirk).
+pub fn score(predictions: &[PatientPrediction], ddi: &DdiMatrix) -> Metrics {
+    metrics::evaluate(predictions, ddi, MetricOptions::CLEAN)
 }
 
 impl JobKind for TrainCopyPrevious {
@@ -102,8 +103,9 @@ impl JobKind for TrainCopyPrevious {
     }
 
     fn run(&self, p: CopyPreviousParams, ctx: &JobContext) -> anyhow::Result<Outcome> {
-        ctx.progress(Progress::log("loading the stored visits"));
+        ctx.progress(Progress::log("loading the stored visits and interaction pairs"));
         let data = ctx.load_training_data()?;
+        let pairs = ctx.load_ddi_pairs()?;
         anyhow::ensure!(
             data.patients.len() >= 3,
             "the data snapshot has {} patients; at least 3 are needed",
@@ -111,16 +113,16 @@ impl JobKind for TrainCopyPrevious {
         );
         let split = data.split(p.seed);
         let vocab = Vocabularies::from_training(&data.patients, &split.train);
-        let n_med = vocab.med.len();
+        let (ddi, _) = DdiMatrix::from_pairs(&pairs, &vocab.med);
         let pick = |ix: &[usize]| ix.iter().map(|&i| &data.patients[i]).collect::<Vec<_>>();
-        let val = score(&predict(ctx, &vocab, &pick(&split.val), 1)?, n_med);
+        let val = score(&predict(ctx, &vocab, &pick(&split.val), 1)?, &ddi);
         ctx.progress(Progress::epoch(1, Some(1), json!({"val": val})));
-        let test = score(&predict(ctx, &vocab, &pick(&split.test), 1)?, n_med);
+        let test = score(&predict(ctx, &vocab, &pick(&split.test), 1)?, &ddi);
         let config = json!({
             "model": "copy_previous",
             "seed": p.seed,
             "metric_options": MetricOptions::CLEAN,
-            "ddi": "none (no interaction pairs stored yet; DDI rate is 0)",
+            "ddi_pairs": pairs.len(),
             "data_snapshot": data.snapshot,
         });
         let metrics = json!({"val": val, "test": test});

@@ -11,29 +11,32 @@
 //!   `vocab.json`, `metrics.json` and `split.json` into `ctx.artifact_dir()`
 //!   and returns `Outcome::Version` with `ModelKind::Micron` and the
 //!   validation Jaccard as `val_score`.
-//! - `train_gru`: the GRU baseline, the same shape with `ModelKind::Gru`.
-//! - `train_density`: an invertible residual density model
-//!   (`ModelKind::Density`); `val_score` = validation log-likelihood.
-//! - `evaluate` already dispatches on the model kind: add an arm in
-//!   [`evaluate::Evaluate`] for each kind whose inference lands.
+//! - `train_gru` (built in, [`train_gru`]): the GRU baseline, the same
+//!   shape with `ModelKind::Gru`.
+//! - `train_density` (built in, [`train_density`]): an invertible residual
+//!   density model (`ModelKind::Density`); `val_score` = validation
+//!   log-likelihood.
+//! - `evaluate` dispatches on the model kind (copy-previous, MICRON, GRU).
 //!
-//! Until then `POST /v1/jobs` answers 422 for these names, saying the kind
-//! is not available in this build (see [`PLANNED`]).
+//! A name in [`PLANNED`] is answered with a 422 saying the kind is not
+//! available in this build.
 pub mod copy_previous;
 pub mod evaluate;
+pub mod train_density;
+pub mod train_gru;
 pub mod train_micron;
 
 use super::JobKinds;
 
 /// Kinds that are planned but not built into this binary, with why.
-pub const PLANNED: &[(&str, &str)] = &[
-    ("train_gru", "GRU baseline training lands with the baselines (ml::baselines)"),
-    ("train_density", "density model training lands with the invertible residual networks (ml::iresnet)"),
-];
+pub const PLANNED: &[(&str, &str)] = &[];
 
 /// Every kind this binary can run.
 pub fn builtin() -> JobKinds {
-    JobKinds::default().with(copy_previous::TrainCopyPrevious).with(evaluate::Evaluate).with(train_micron::TrainMicron)
-    // .with(crate::ml::baselines::TrainGru)       <- slot
-    // .with(crate::ml::iresnet::TrainDensity)     <- slot
+    JobKinds::default()
+        .with(copy_previous::TrainCopyPrevious)
+        .with(evaluate::Evaluate)
+        .with(train_micron::TrainMicron)
+        .with(train_density::TrainDensity)
+        .with(train_gru::TrainGru)
 }

@@ -83,64 +83,99 @@ impl JobKind for TrainMicron {
     }
 
     fn run(&self, p: TrainMicronParams, ctx: &JobContext) -> anyhow::Result<Outcome> {
-        ctx.progress(Progress::log("loading the stored visits and interaction pairs"));
-        let data = ctx.load_training_data()?;
-        anyhow::ensure!(data.patients.len() >= 5, "the data snapshot has {} patients; at least 5 are needed", data.patients.len());
-        let pairs = ctx.load_ddi_pairs()?;
-        let split = data.split(p.seed);
-        let prep = pipeline::Prepared::new(&data.patients, &pairs, Some(split.clone()), None)?;
-        let req = TrainRequest {
-            model: PipelineModel::Micron,
-            epochs: p.epochs as usize,
-            recipe: p.recipe.clone(),
-            backend: p.backend.clone(),
-            out: ctx.artifact_dir().to_path_buf(),
-        };
-        let epochs = p.epochs;
-        let started = std::time::Instant::now();
-        let mut on_event = |e: &TrainEvent| match e {
-            TrainEvent::Step { epoch, step, steps, loss } => {
-                // The context keeps one step event per interval.
-                let done = (*epoch * *steps + step + 1) as f64;
-                let total = (epochs as usize * *steps) as f64;
-                let secs = started.elapsed().as_secs_f64();
-                ctx.progress(
-                    Progress::step(*epoch as u32 + 1, *step as u64 + 1)
-                        .of(*steps as u64)
-                        .loss(*loss)
-                        .throughput(done / secs.max(1e-9))
-                        .eta(secs / done * (total - done)),
-                );
-            }
-            TrainEvent::Epoch { report, best_epoch } => ctx.progress(Progress::epoch(
-                report.epoch as u32 + 1,
-                Some(epochs),
-                json!({"train_loss": report.train_loss, "val_jaccard": report.val_jaccard, "best_epoch": best_epoch.map(|b| b + 1)}),
-            )),
-        };
-        let cancel = || ctx.is_cancelled();
-        let Some(test) = pipeline::train_and_save(&req, &prep, &mut on_event, &cancel)? else {
-            anyhow::bail!("training was cancelled");
-        };
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(ctx.artifact_dir().join("metrics.json"))?)?;
-        let val_jaccard = summary["extra"]["val"]["rows"][0][1]["jaccard"].as_f64();
-        ctx.write_json("split.json", &data.split_file(&split))?;
-        let config = json!({
-            "model": "micron",
-            "params": p,
-            "data_snapshot": data.snapshot,
-            "ddi_pairs": pairs.len(),
-            "unknown_codes": prep.unknown.total(),
-        });
-        let metrics = json!({"val": summary["extra"]["val"], "test": test, "history": summary["history"], "best_epoch": summary["best_epoch"]});
-        Ok(Outcome::Version(NewVersion {
-            kind: ModelKind::Micron,
-            config,
-            metrics,
-            val_score: val_jaccard,
-            vocab: vocab_summary(&prep.data.vocab),
-            parent: None,
-        }))
+        let params = serde_json::to_value(&p)?;
+        run_training(
+            ctx,
+            TrainingJob { model: PipelineModel::Micron, epochs: p.epochs, recipe: p.recipe, backend: p.backend, seed: p.seed, params },
+        )
     }
+}
+
+/// What a training job asks of [`run_training`].
+pub(crate) struct TrainingJob {
+    pub model: PipelineModel,
+    pub epochs: u32,
+    pub recipe: String,
+    pub backend: String,
+    pub seed: u64,
+    /// The job's parameters, recorded in `config.json` of the version.
+    pub params: serde_json::Value,
+}
+
+/// Trains MICRON or the GRU baseline on the job's data snapshot: split by
+/// patient with the job's seed, step and epoch events, cancellation at the
+/// next step, artifacts into the staging folder; the version's validation
+/// score is the validation Jaccard.
+pub(crate) fn run_training(ctx: &JobContext, job: TrainingJob) -> anyhow::Result<Outcome> {
+    let (model_name, kind) = match job.model {
+        PipelineModel::Micron => ("micron", ModelKind::Micron),
+        PipelineModel::Gru => ("gru", ModelKind::Gru),
+    };
+    ctx.progress(Progress::log("loading the stored visits and interaction pairs"));
+    let data = ctx.load_training_data()?;
+    anyhow::ensure!(data.patients.len() >= 5, "the data snapshot has {} patients; at least 5 are needed", data.patients.len());
+    let pairs = ctx.load_ddi_pairs()?;
+    let split = data.split(job.seed);
+    let prep = pipeline::Prepared::new(&data.patients, &pairs, Some(split.clone()), None)?;
+    let req = TrainRequest {
+        model: job.model,
+        epochs: job.epochs as usize,
+        recipe: job.recipe.clone(),
+        backend: job.backend.clone(),
+        out: ctx.artifact_dir().to_path_buf(),
+    };
+    let epochs = job.epochs;
+    let started = std::time::Instant::now();
+    let mut on_event = |e: &TrainEvent| match e {
+        TrainEvent::Step { epoch, step, steps, loss } => {
+            // The context keeps one step event per interval.
+            let done = (*epoch * *steps + step + 1) as f64;
+            let total = (epochs as usize * *steps) as f64;
+            let secs = started.elapsed().as_secs_f64();
+            ctx.progress(
+                Progress::step(*epoch as u32 + 1, *step as u64 + 1)
+                    .of(*steps as u64)
+                    .loss(*loss)
+                    .throughput(done / secs.max(1e-9))
+                    .eta(secs / done * (total - done)),
+            );
+        }
+        TrainEvent::Epoch { report, best_epoch } => ctx.progress(Progress::epoch(
+            report.epoch as u32 + 1,
+            Some(epochs),
+            json!({"train_loss": report.train_loss, "val_jaccard": report.val_jaccard, "best_epoch": best_epoch.map(|b| b + 1)}),
+        )),
+    };
+    let cancel = || ctx.is_cancelled();
+    let Some(test) = pipeline::train_and_save(&req, &prep, &mut on_event, &cancel)? else {
+        anyhow::bail!("training was cancelled");
+    };
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ctx.artifact_dir().join("metrics.json"))?)?;
+    // rows are [name, metrics without the quirk, with it]
+    let row_name = match job.model {
+        PipelineModel::Micron => pipeline::MICRON_ROW,
+        PipelineModel::Gru => pipeline::GRU_ROW,
+    };
+    let val_jaccard = summary["extra"]["val"]["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r[0] == row_name))
+        .and_then(|r| r[1]["jaccard"].as_f64());
+    ctx.write_json("split.json", &data.split_file(&split))?;
+    let config = json!({
+        "model": model_name,
+        "params": job.params,
+        "data_snapshot": data.snapshot,
+        "ddi_pairs": pairs.len(),
+        "unknown_codes": prep.unknown.total(),
+    });
+    let metrics = json!({"val": summary["extra"]["val"], "test": test, "history": summary["history"], "best_epoch": summary["best_epoch"]});
+    Ok(Outcome::Version(NewVersion {
+        kind,
+        config,
+        metrics,
+        val_score: val_jaccard,
+        vocab: vocab_summary(&prep.data.vocab),
+        parent: None,
+    }))
 }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::ml::data::{Patient, Visit, Vocabularies};
 use crate::ml::metrics::{PatientPrediction, VisitPrediction};
 use crate::ml::micron::model::{ArtifactError, float_tensor, sum_embeddings};
+use crate::ml::micron::{EpochReport, TrainEvent};
 
 /// Shape of the GRU baseline. Saved as `config.json`.
 #[derive(Config, Debug, PartialEq)]
@@ -139,7 +140,7 @@ pub fn train_gru(
     val: &[Patient],
     cfg: &GruTrainConfig,
     device: &Device,
-    on_epoch: &mut dyn FnMut(usize, f64, f64),
+    on_event: &mut dyn FnMut(&TrainEvent),
     cancel: &dyn Fn() -> bool,
 ) -> GruTrainOutcome {
     let device = device.clone().autodiff();
@@ -158,6 +159,7 @@ pub fn train_gru(
         let tic = Instant::now();
         order.shuffle(&mut rng);
         let (mut loss_sum, mut steps) = (0.0, 0usize);
+        let n_steps = order.len().div_ceil(cfg.batch_patients.max(1));
         for chunk in order.chunks(cfg.batch_patients.max(1)) {
             if cancel() {
                 cancelled = true;
@@ -186,7 +188,9 @@ pub fn train_gru(
             let bce = (relu(logits.clone()) - logits * y + stable).mean_dim(1);
             let loss = (bce * mask).sum().div_scalar(n_valid as f64);
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            loss_sum += loss.into_scalar::<f32>() as f64;
+            let loss_value = loss.into_scalar::<f32>() as f64;
+            on_event(&TrainEvent::Step { epoch, step: steps, steps: n_steps, loss: loss_value });
+            loss_sum += loss_value;
             steps += 1;
             model = optim.step(cfg.lr, model, grads);
         }
@@ -196,11 +200,13 @@ pub fn train_gru(
             &pred.predict_patients(val.iter().map(|p| p.visits.as_slice())),
         );
         let train_loss = if steps == 0 { 0.0 } else { loss_sum / steps as f64 };
-        history.push((epoch, train_loss, val_j, tic.elapsed().as_secs_f64()));
-        on_epoch(epoch, train_loss, val_j);
+        let train_seconds = tic.elapsed().as_secs_f64();
+        history.push((epoch, train_loss, val_j, train_seconds));
         if best.as_ref().is_none_or(|b| val_j > b.1) {
             best = Some((epoch, val_j, valid));
         }
+        let report = EpochReport { epoch, train_loss, val_jaccard: val_j, train_seconds, val_seconds: 0.0, steps };
+        on_event(&TrainEvent::Epoch { report, best_epoch: best.as_ref().map(|b| b.0) });
     }
     let (best_epoch, model) = match best {
         Some((e, _, m)) => (Some(e), m),
