@@ -9,13 +9,18 @@
 //! * every condition emits its own diagnosis codes and, mostly for acute
 //!   ones, procedure codes;
 //! * a set of ward medications is common at any visit;
-//! * interacting medication pairs exist, and clinicians usually avoid them
-//!   (the less essential drug is dropped), so the ground truth's DDI rate is
-//!   lower than a random choice would give;
+//! * interacting medication pairs exist, and clinicians sometimes avoid
+//!   them (the less essential drug is dropped), so the ground truth's DDI
+//!   rate is lower than a random choice would give;
 //! * random diagnosis, procedure and medication noise.
 //!
 //! Copying the previous visit's medications misses every acute change; a
-//! model that reads the current diagnoses can see them. Randomness comes from
+//! model that reads the current diagnoses can see them. The constants below
+//! keep the per-visit randomness of a medication that the structure calls
+//! for modest (acute courses given 85-99 % of the time, standing ones 98 %,
+//! interaction avoidance 10 %): at the default settings copy-previous scores
+//! a Jaccard of about 0.49 and an oracle that knows the latent conditions
+//! about 0.82, and MICRON lands in between (see the README). Randomness comes from
 //! [`NumpyRandomState`] (MT19937), so a seed gives the same cohort on every
 //! platform and crate version.
 use std::collections::{BTreeSet, HashSet};
@@ -150,15 +155,15 @@ impl SynthWorld {
 const CHRONIC_PER_PATIENT: f64 = 3.3;
 const CHRONIC_ONSET_PER_VISIT: f64 = 0.25;
 const CHRONIC_CONTINUES: f64 = 0.96;
-const STANDING_GIVEN: f64 = 0.96;
+const STANDING_GIVEN: f64 = 0.98;
 const ACUTE_PER_VISIT: f64 = 2.2;
-const ACUTE_CARRIES_OVER: f64 = 0.3;
+const ACUTE_CARRIES_OVER: f64 = 0.2;
 const DIAG_EMIT: f64 = 0.4;
 const PROC_EMIT_ACUTE: f64 = 0.6;
 const PROC_EMIT_CHRONIC: f64 = 0.1;
-const WARD_MEDS: usize = 14;
-const DDI_DENSITY: f64 = 0.10;
-const DDI_AVOIDED: f64 = 0.4;
+const WARD_MEDS: usize = 7;
+const DDI_DENSITY: f64 = 0.09;
+const DDI_AVOIDED: f64 = 0.1;
 /// Medications per visit that the structure yields at the default settings;
 /// noise medications make up the difference to `mean_medications`.
 const STRUCTURAL_MEDS: f64 = 18.4;
@@ -272,7 +277,7 @@ fn build_world(cfg: &SynthConfig, rng: &mut Rng) -> SynthWorld {
     let mut med_order: Vec<usize> = (0..nm).collect();
     rng.0.shuffle(&mut med_order);
     let n_ward = WARD_MEDS.min(nm / 4);
-    let ward_meds: Vec<(usize, f64)> = med_order[..n_ward].iter().map(|&m| (m, rng.range(0.5, 0.9))).collect();
+    let ward_meds: Vec<(usize, f64)> = med_order[..n_ward].iter().map(|&m| (m, rng.range(0.8, 0.97))).collect();
     let treat = &med_order[n_ward..];
     // treatment medications are not equally popular
     let treat_cum = cumulative((0..treat.len()).map(|i| 1.0 / (1.0 + i as f64 * 0.05)));
@@ -303,11 +308,11 @@ fn build_world(cfg: &SynthConfig, rng: &mut Rng) -> SynthWorld {
         while meds.len() < km.min(treat.len()) {
             let m = treat[rng.weighted(&treat_cum)];
             if !meds.iter().any(|(x, _)| *x == m) {
-                let p = if chronic { rng.range(0.6, 0.95) } else { rng.range(0.6, 0.97) };
+                let p = if chronic { rng.range(0.6, 0.95) } else { rng.range(0.85, 0.99) };
                 meds.push((m, p));
             }
         }
-        let weight = 1.0 / (1.0 + id as f64 * 0.02);
+        let weight = 1.0 / (1.0 + id as f64 * 0.1);
         conditions.push(Condition { chronic, diags, procs, meds, weight });
     }
     let mut interacts = vec![false; nm * nm];
@@ -844,8 +849,8 @@ mod tests {
         assert_eq!(a.patients[0].id, "synth-000001");
         // a fixed fingerprint: changes to the generator must be deliberate
         let first = &a.patients[0].visits[0];
-        assert_eq!(first.medications.as_ref().unwrap()[..3], ["V02G", "S16E", "M15A"]);
-        assert_eq!(first.diagnoses[..2], ["9031", "7508"]);
+        assert_eq!(first.medications.as_ref().unwrap()[..3], ["B03E", "A13D", "M06G"]);
+        assert_eq!(first.diagnoses[..2], ["077", "367"]);
     }
 
     #[test]
