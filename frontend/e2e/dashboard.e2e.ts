@@ -1,7 +1,7 @@
 // The dashboard in headless Chromium against a real medchange server and
 // database (scripts/e2e starts both, with synthetic patients, the shipped
 // MICRON model and an admin key): sign in, train, watch, activate, look at a
-// patient, and the clinical view. Screenshots of every page go to
+// patient, score inputs against density models, and the clinical view. Screenshots of every page go to
 // frontend/test-artifacts/.
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import axe from 'axe-core';
 import { type Browser, type BrowserContext, type Locator, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { percentileText } from '../src/lib/format';
 
 const BASE = (process.env.MEDCHANGE_E2E_URL ?? '').replace(/\/$/, '');
 const ADMIN = process.env.MEDCHANGE_E2E_ADMIN_KEY ?? '';
@@ -37,7 +38,7 @@ const problems: string[] = [];
 const foreignRequests: string[] = [];
 let clinicalKey = '';
 let clinicalKeyId = '';
-let patient: { id: string; external_id: string; source: string };
+let patient: { id: string; external_id: string; source: string; visit_count: number };
 let newVersion = '';
 let newModelId = '';
 
@@ -63,6 +64,29 @@ async function heading(name: string | RegExp): Promise<void> {
 
 async function textOf(l: Locator): Promise<string> {
   return (await l.textContent()) ?? '';
+}
+
+/** Rows like a lab panel (sodium, potassium, creatinine), the same every run. */
+function labRows(n: number): number[][] {
+  let seed = 20261204;
+  const uniform = () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return (seed + 0.5) / 2147483648;
+  };
+  const normal = () => Math.sqrt(-2 * Math.log(uniform())) * Math.cos(2 * Math.PI * uniform());
+  return Array.from({ length: n }, () => [140 + 3 * normal(), 4.2 + 0.4 * normal(), 1 + 0.2 * normal()].map((x) => Math.round(x * 100) / 100));
+}
+
+/** Waits for a job to succeed and returns the version it made. */
+async function trainedModel(jobId: string): Promise<string> {
+  const until = Date.now() + 45_000;
+  for (;;) {
+    const job = await apiCall<{ status: string; model_id: string | null; error: unknown }>('GET', `/v1/jobs/${jobId}`, ADMIN);
+    if (job.status === 'succeeded' && job.model_id) return job.model_id;
+    if (['failed', 'cancelled'].includes(job.status)) throw new Error(`job ${jobId} ${job.status}: ${JSON.stringify(job.error)}`);
+    if (Date.now() > until) throw new Error(`job ${jobId} still ${job.status} after 45 s`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
 }
 
 beforeAll(async () => {
@@ -310,12 +334,93 @@ describe('the dashboard', () => {
     await shot('overview-after-activity');
   });
 
-  it('shows the density page', async () => {
+  it('trains density models and scores a visit and a vector against their training scores', async () => {
     await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Density' }).click();
     await heading('Density');
-    await page.getByText(/No density model yet|Training scores/).first().waitFor();
+    await page.getByRole('heading', { level: 2, name: 'No density model yet' }).waitFor();
+
+    // Two small density models through the API: one over the active MICRON
+    // version's health representation, one on an uploaded dataset.
+    const small = { epochs: 2, blocks: 2, hidden: 16, batch_size: 64, warmup_steps: 5 };
+    const healthJob = await apiCall<{ id: string }>('POST', '/v1/jobs', ADMIN, { kind: 'train_density', params: { feature_space: 'micron_health', ...small } });
+    const dataset = await apiCall<{ id: string; dim: number }>('POST', '/v1/density/datasets', ADMIN, {
+      name: 'e2e labs',
+      columns: ['sodium', 'potassium', 'creatinine'],
+      rows: labRows(200),
+    });
+    expect(dataset.dim).toBe(3);
+    const vectorsJob = await apiCall<{ id: string }>('POST', '/v1/jobs', ADMIN, {
+      kind: 'train_density',
+      params: { feature_space: 'vectors', dataset_id: dataset.id, ...small },
+    });
+    const healthId = await trainedModel(healthJob.id);
+    const vectorsId = await trainedModel(vectorsJob.id);
+    const health = await apiCall<{ version: string; stale: boolean; feature_space: { micron_version: string } }>('GET', `/v1/density/models/${healthId}`, ADMIN);
+    expect(health.feature_space.micron_version).toBe(newVersion);
+    expect(health.stale).toBe(false);
+
+    // The micron_health version: its facts and the histogram of its training scores.
+    await page.reload();
+    await heading('Density');
+    await page.getByLabel('Density version').selectOption(healthId);
+    await page.waitForURL(`${BASE}/density?model=${healthId}`);
+    await page.getByRole('heading', { level: 2, name: `Version ${health.version}` }).waitFor();
+    const fact = (name: string) => page.locator('dl.facts dt', { hasText: new RegExp(`^${name}$`) }).locator('xpath=following-sibling::dd[1]');
+    expect(await textOf(fact('MICRON version'))).toBe(newVersion);
+    expect(await textOf(fact('Dimension'))).toBe('64');
+    expect(await textOf(fact('Stale'))).toBe('no (its MICRON version is active)');
+    expect(await textOf(fact('Validation NLL'))).toMatch(/^-?[\d.]+ ± [\d.]+ nats, -?[\d.]+ bits\/dim \(\d+ inputs\)$/);
+    const chart = page.locator('figure', { hasText: `Training log-likelihoods of ${health.version}` });
+    expect(await chart.locator('rect.bar').count()).toBe(30);
+    await page.getByRole('table', { name: 'Quantiles of the training log-likelihoods' }).getByText('99th').waitFor();
+
+    // A patient's latest stored visit, scored and marked.
+    await page.getByLabel('Patient external id').fill(patient.external_id);
+    await page.getByRole('button', { name: 'Score', exact: true }).click();
+    const result = page.getByTestId('score-result');
+    await result.locator('dl.facts').waitFor();
+    const visitLabel = `${patient.external_id}, visit ${patient.visit_count}`;
+    expect(await textOf(fact('Input'))).toBe(visitLabel);
+    for (const name of ['Log-likelihood', 'Bits per dimension', 'Percentile', 'In distribution']) expect(await textOf(fact(name))).not.toBe('');
+    const visits = await apiCall<{ items: { id: string; seq: number }[] }>('GET', `/v1/patients/${patient.id}/visits?limit=500`, ADMIN);
+    const latest = visits.items.find((v) => v.seq === patient.visit_count)!;
+    const scored = await apiCall<{ items: { log_likelihood: number; percentile: number }[] }>('POST', `/v1/density/models/${healthId}/score`, ADMIN, {
+      visits: [{ patient_id: patient.id, visit_id: latest.id }],
+    });
+    const marker = chart.locator('.marker');
+    expect(Number(await marker.getAttribute('data-value'))).toBeCloseTo(scored.items[0]!.log_likelihood, 6);
+    expect(await textOf(page.getByTestId('mark-info'))).toContain(`${visitLabel}: `);
+    expect(await textOf(fact('Percentile'))).toBe(`${percentileText(scored.items[0]!.percentile)} of the training scores`);
     await shot('density');
-    await accessible('the density page');
+    await accessible('the density page with a scored visit');
+
+    // A typed log-likelihood below every training score.
+    await page.getByLabel('Log-likelihood (nats)').fill('-100000');
+    await page.getByRole('button', { name: 'Mark' }).click();
+    await page.getByTestId('mark-info').getByText('typed log-likelihood: ').waitFor();
+    expect(await textOf(page.getByTestId('mark-info'))).toContain('below every training score');
+
+    // The vectors version, from the list: the server's objection to a wrong
+    // vector is shown as a problem; a right one is scored.
+    await page.getByRole('table', { name: 'Density versions' }).locator(`a[href="/density?model=${vectorsId}"]`).click();
+    await page.waitForURL(`${BASE}/density?model=${vectorsId}`);
+    await page.getByText('e2e labs (sodium, potassium, creatinine)').waitFor();
+    const vector = page.getByLabel('Vector (3 values)');
+    await vector.fill('140, 4.2');
+    await page.getByRole('button', { name: 'Score', exact: true }).click();
+    const problem = result.locator('.problem');
+    await problem.waitFor();
+    expect(await textOf(problem)).toContain('/vectors/0');
+    expect(await textOf(problem)).toContain("the model's dimension is 3");
+    await vector.fill('200, 9, 5');
+    await page.getByRole('button', { name: 'Score', exact: true }).click();
+    await result.locator('dl.facts').waitFor();
+    expect(await textOf(fact('Input'))).toBe('typed vector');
+    expect(await textOf(fact('In distribution'))).toMatch(/^no: below the /); // far outside the data
+    expect(await result.locator('.problem').count()).toBe(0);
+    await page.locator('figure .marker').waitFor();
+    await shot('density-vectors');
+    await accessible('the density page of a vectors model');
   });
 
   it('loads client-side routes directly (the server answers index.html)', async () => {

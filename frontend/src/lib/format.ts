@@ -22,6 +22,16 @@ export function pct(fraction: number | null | undefined, digits = 1): string {
   return `${(fraction * 100).toFixed(digits)} %`;
 }
 
+/** A percentile (0 to 100) to one decimal as an ordinal: `44.8th`, `1st`, `100th`. */
+export function percentileText(p: number): string {
+  if (!Number.isFinite(p)) return '—';
+  const r = Math.round(p * 10) / 10;
+  if (!Number.isInteger(r)) return `${r.toFixed(1)}th`;
+  const tens = Math.abs(r) % 100;
+  const suffix = tens >= 11 && tens <= 13 ? 'th' : r % 10 === 1 ? 'st' : r % 10 === 2 ? 'nd' : r % 10 === 3 ? 'rd' : 'th';
+  return `${r}${suffix}`;
+}
+
 /** Seconds as `1 h 2 min`, `3 min 20 s`, `12 s`, `0.4 s`. */
 export function duration(secs: number | null | undefined): string {
   if (secs === null || secs === undefined || !Number.isFinite(secs) || secs < 0) return '—';

@@ -9,8 +9,11 @@ import { chips, facts, notify, pageHeader, problemBox, section, sortableTable } 
 import { densityCell } from './densityCell';
 import { allPages } from './util';
 
-async function lookup(externalId: string, source: string, known: string[], signal: AbortSignal): Promise<Patient | null> {
-  // Without a source, try the server's default and then every source seen.
+/**
+ * A patient by external id. Without a source, tries the server's default and
+ * then every source in `known`; null when none has it.
+ */
+export async function lookupPatient(externalId: string, source: string, known: string[], signal: AbortSignal): Promise<Patient | null> {
   const sources = source ? [source] : ['', ...known.filter((s) => s !== 'default')];
   for (const s of sources) {
     try {
@@ -58,7 +61,7 @@ export async function patientsPage(ctx: PageContext): Promise<void> {
     }
     idInput.removeAttribute('aria-invalid');
     try {
-      const p = await lookup(id, sourceInput.value.trim(), sources, ctx.signal);
+      const p = await lookupPatient(id, sourceInput.value.trim(), sources, ctx.signal);
       if (p) ctx.navigate(`/patients/${p.id}`);
       else {
         error.textContent = `No patient with external id “${id}”${sourceInput.value.trim() ? ` in ${sourceInput.value.trim()}` : ''}.`;
