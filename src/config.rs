@@ -376,6 +376,11 @@ pub struct DensityBenchArgs {
     pub ood_blocks: usize,
     #[arg(long, default_value_t = 64)]
     pub ood_hidden: usize,
+    /// Code universes of the out-of-distribution cohort: `small` (200
+    /// diagnoses, 60 procedures, 40 medications) or `mimic` (the default
+    /// synthetic cohort's 1958 / 1430 / 131).
+    #[arg(long, default_value = "small", value_parser = ["small", "mimic"])]
+    pub ood_codes: String,
     #[arg(long)]
     pub skip_speed: bool,
     #[arg(long)]

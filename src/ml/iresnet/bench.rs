@@ -225,13 +225,17 @@ fn mixture(args: &DensityBenchArgs) -> anyhow::Result<()> {
 
 fn ood(args: &DensityBenchArgs) -> anyhow::Result<()> {
     println!("## Out of distribution: held-out synthetic visits vs copies with random codes swapped in\n");
-    let cfg = synth::SynthConfig {
-        patients: args.ood_patients,
-        seed: 5,
-        diag_codes: 200,
-        proc_codes: 60,
-        med_codes: 40,
-        ..Default::default()
+    let cfg = if args.ood_codes == "mimic" {
+        synth::SynthConfig { patients: args.ood_patients, seed: 5, ..Default::default() }
+    } else {
+        synth::SynthConfig {
+            patients: args.ood_patients,
+            seed: 5,
+            diag_codes: 200,
+            proc_codes: 60,
+            med_codes: 40,
+            ..Default::default()
+        }
     };
     let cohort = synth::generate(&cfg).map_err(|e| anyhow::anyhow!("{}", e.0))?;
     let prep = Prepared::new(&cohort.patients, &cohort.ddi_pairs, None, None)?;
