@@ -31,7 +31,11 @@ impl std::str::FromStr for Secret {
 }
 
 #[derive(Debug, Parser)]
-#[command(name = "medchange", version, about = "Medication-change prediction service")]
+#[command(
+    name = "medchange",
+    version,
+    about = "Medication-change prediction service"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: GlobalArgs,
@@ -47,7 +51,12 @@ pub struct GlobalArgs {
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<Secret>,
     /// Folder for local state: the project-local PostgreSQL cluster.
-    #[arg(long, env = "MEDCHANGE_HOME", default_value = ".medchange", global = true)]
+    #[arg(
+        long,
+        env = "MEDCHANGE_HOME",
+        default_value = ".medchange",
+        global = true
+    )]
     pub home: PathBuf,
     /// Log format: `auto` is pretty on a terminal and JSON otherwise.
     #[arg(long, env = "MEDCHANGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Auto, global = true)]
@@ -87,6 +96,10 @@ pub enum Command {
     Train(TrainArgs),
     /// Print the metric table of a model and the baselines on a split.
     Eval(EvalArgs),
+    /// Turn the reference implementation's trained MICRON weights (a PyTorch
+    /// state dict saved as safetensors, with its voc.json) into a medchange
+    /// MICRON artifact, and optionally register it as a version.
+    ImportWeights(ImportWeightsArgs),
     /// Run job workers only (no HTTP): training can run on other machines
     /// that share the database and the models directory.
     Worker(WorkerArgs),
@@ -203,6 +216,28 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct ImportWeightsArgs {
+    /// The state dict as safetensors, with the reference's names
+    /// (`embeddings.0.weight`, `embeddings.1.weight`, `health_net.0.*`,
+    /// `prescription_net.0.*`, `prescription_net.2.*`; PyTorch `[out, in]`).
+    #[arg(long)]
+    pub state_dict: PathBuf,
+    /// The reference's vocabularies: `{"diag": [...], "proc": [...], "med": [...]}`.
+    #[arg(long)]
+    pub voc: PathBuf,
+    /// Artifact folder to write (weights.safetensors, config.json, vocab.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Also register the artifact as a MICRON version (status `ready`, source
+    /// `import`) in the database; activate it with `POST /v1/models/{id}/activate`.
+    #[arg(long)]
+    pub register: bool,
+    /// Models directory of the registry (with --register).
+    #[arg(long, env = "MEDCHANGE_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
     /// Create a key and print it once.
@@ -264,7 +299,12 @@ pub struct CdsArgs {
 
 impl Default for CdsArgs {
     fn default() -> Self {
-        Self { jwks: None, issuers: vec![], base_url: None, source: "fhir".into() }
+        Self {
+            jwks: None,
+            issuers: vec![],
+            base_url: None,
+            source: "fhir".into(),
+        }
     }
 }
 
@@ -415,7 +455,11 @@ pub struct JobsArgs {
     pub models_dir: PathBuf,
     /// Model folders shipped with the service (`<kind>/`), registered and
     /// activated on start for kinds that have no version yet.
-    #[arg(long, env = "MEDCHANGE_SHIPPED_MODELS", default_value = "models/shipped")]
+    #[arg(
+        long,
+        env = "MEDCHANGE_SHIPPED_MODELS",
+        default_value = "models/shipped"
+    )]
     pub shipped_models: PathBuf,
     /// Seconds between a running job's heartbeats.
     #[arg(long, env = "MEDCHANGE_JOB_HEARTBEAT_SECS", default_value_t = 5.0)]

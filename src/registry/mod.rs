@@ -42,7 +42,12 @@ pub enum ModelKind {
 }
 
 impl ModelKind {
-    pub const ALL: [ModelKind; 4] = [ModelKind::Micron, ModelKind::Gru, ModelKind::CopyPrevious, ModelKind::Density];
+    pub const ALL: [ModelKind; 4] = [
+        ModelKind::Micron,
+        ModelKind::Gru,
+        ModelKind::CopyPrevious,
+        ModelKind::Density,
+    ];
     pub fn as_str(self) -> &'static str {
         match self {
             ModelKind::Micron => "micron",
@@ -62,7 +67,11 @@ pub enum RegistryError {
     #[error("model version not found")]
     NotFound,
     #[error("artifact integrity check failed for {kind} version {version}: {problem}")]
-    Integrity { kind: String, version: String, problem: String },
+    Integrity {
+        kind: String,
+        version: String,
+        problem: String,
+    },
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
@@ -117,7 +126,11 @@ pub fn hash_dir(dir: &Path) -> std::io::Result<BTreeMap<String, String>> {
                 walk(root, &path, out)?;
             } else if ty.is_file() {
                 let rel = path.strip_prefix(root).expect("under root");
-                let rel = rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/");
+                let rel = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
                 out.insert(rel, sha256_file(&path)?);
             }
         }
@@ -139,7 +152,10 @@ pub fn verify_dir(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), St
         match sha256_file(&path) {
             Ok(actual) if &actual == expected => {}
             Ok(actual) => {
-                return Err(format!("{} has sha256 {actual}, expected {expected}", path.display()));
+                return Err(format!(
+                    "{} has sha256 {actual}, expected {expected}",
+                    path.display()
+                ));
             }
             Err(e) => return Err(format!("{} cannot be read: {e}", path.display())),
         }
@@ -150,20 +166,28 @@ pub fn verify_dir(dir: &Path, files: &BTreeMap<String, String>) -> Result<(), St
 /// Reads and verifies a version's folder (blocking).
 pub fn load_blocking(models_dir: &Path, row: &ModelRow) -> Result<LoadedModel, RegistryError> {
     let path = models_dir.join(&row.artifact_path);
-    let integrity =
-        |problem: String| RegistryError::Integrity { kind: row.kind.clone(), version: row.version.clone(), problem };
+    let integrity = |problem: String| RegistryError::Integrity {
+        kind: row.kind.clone(),
+        version: row.version.clone(),
+        problem,
+    };
     verify_dir(&path, &row.files).map_err(integrity)?;
     let config = match std::fs::read(path.join("config.json")) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| integrity(format!("config.json is not JSON: {e}")))?,
+        Ok(b) => serde_json::from_slice(&b)
+            .map_err(|e| integrity(format!("config.json is not JSON: {e}")))?,
         Err(_) => row.config.clone(),
     };
     let vocab = match std::fs::read(path.join("vocab.json")) {
-        Ok(b) => Some(serde_json::from_slice(&b).map_err(|e| integrity(format!("vocab.json is invalid: {e}")))?),
+        Ok(b) => Some(
+            serde_json::from_slice(&b)
+                .map_err(|e| integrity(format!("vocab.json is invalid: {e}")))?,
+        ),
         Err(_) => None,
     };
     let micron = if row.kind == ModelKind::Micron.as_str() {
-        let art = crate::ml::micron::MicronArtifact::load(&path, &crate::ml::backend::Device::flex())
-            .map_err(|e| integrity(format!("the MICRON weights do not load: {e}")))?;
+        let art =
+            crate::ml::micron::MicronArtifact::load(&path, &crate::ml::backend::Device::flex())
+                .map_err(|e| integrity(format!("the MICRON weights do not load: {e}")))?;
         Some(Arc::new(crate::ml::micron::LoadedMicron::from(art)))
     } else {
         None
@@ -197,12 +221,20 @@ pub fn vocab_summary(v: &Vocabularies) -> Value {
 /// A new version's name: UTC time and a random suffix (sortable, unique).
 pub fn new_version(id: Uuid) -> String {
     let s = id.simple().to_string();
-    format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &s[s.len() - 8..])
+    format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &s[s.len() - 8..]
+    )
 }
 
 /// The key of a served slot: the kind, or `kind/scope` for scoped versions.
 fn slot(kind: &str, scope: &str) -> String {
-    if scope.is_empty() { kind.to_string() } else { format!("{kind}/{scope}") }
+    if scope.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}/{scope}")
+    }
 }
 
 /// Versions loaded on demand (not active) that stay in memory.
@@ -248,18 +280,31 @@ impl Registry {
 
     /// The served version of `kind` in `scope`, if any.
     pub fn active_in(&self, kind: &str, scope: &str) -> Option<Arc<LoadedModel>> {
-        self.active.read().expect("registry lock").get(&slot(kind, scope)).cloned()
+        self.active
+            .read()
+            .expect("registry lock")
+            .get(&slot(kind, scope))
+            .cloned()
     }
 
     /// Every served version, by kind and scope.
     pub fn active_all(&self) -> Vec<Arc<LoadedModel>> {
-        let mut v: Vec<_> = self.active.read().expect("registry lock").values().cloned().collect();
+        let mut v: Vec<_> = self
+            .active
+            .read()
+            .expect("registry lock")
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| (&a.kind, &a.scope).cmp(&(&b.kind, &b.scope)));
         v
     }
 
     fn swap_in(&self, model: LoadedModel) {
-        self.active.write().expect("registry lock").insert(slot(&model.kind, &model.scope), Arc::new(model));
+        self.active
+            .write()
+            .expect("registry lock")
+            .insert(slot(&model.kind, &model.scope), Arc::new(model));
     }
 
     /// A version loaded in memory, verified: the served one when `row` is
@@ -267,10 +312,19 @@ impl Registry {
     /// Artifacts never change after registration, so a cached load stays
     /// valid; the caller checks the row's status.
     pub async fn loaded(&self, row: &ModelRow) -> Result<Arc<LoadedModel>, RegistryError> {
-        if let Some(m) = self.active_in(&row.kind, &row.scope).filter(|m| m.id == row.id) {
+        if let Some(m) = self
+            .active_in(&row.kind, &row.scope)
+            .filter(|m| m.id == row.id)
+        {
             return Ok(m);
         }
-        if let Some(m) = self.cache.read().expect("registry lock").iter().find(|m| m.id == row.id) {
+        if let Some(m) = self
+            .cache
+            .read()
+            .expect("registry lock")
+            .iter()
+            .find(|m| m.id == row.id)
+        {
             return Ok(m.clone());
         }
         let loaded = Arc::new(self.load(row).await?);
@@ -287,7 +341,9 @@ impl Registry {
     /// Loads and verifies a version's artifacts off the async runtime.
     pub async fn load(&self, row: &ModelRow) -> Result<LoadedModel, RegistryError> {
         let (dir, row) = (self.dir.clone(), row.clone());
-        tokio::task::spawn_blocking(move || load_blocking(&dir, &row)).await.map_err(anyhow::Error::from)?
+        tokio::task::spawn_blocking(move || load_blocking(&dir, &row))
+            .await
+            .map_err(anyhow::Error::from)?
     }
 
     /// Moves a staged artifact folder to `<kind>/<version>/` and returns its
@@ -300,7 +356,10 @@ impl Registry {
     ) -> anyhow::Result<(String, BTreeMap<String, String>)> {
         let files = hash_dir(staged)?;
         anyhow::ensure!(!files.is_empty(), "the job produced no artifact files");
-        anyhow::ensure!(files.contains_key("config.json"), "the artifact folder has no config.json");
+        anyhow::ensure!(
+            files.contains_key("config.json"),
+            "the artifact folder has no config.json"
+        );
         let rel = format!("{kind}/{version}");
         let dest = self.dir.join(&rel);
         std::fs::create_dir_all(dest.parent().expect("has parent"))?;
@@ -317,9 +376,14 @@ impl Registry {
     /// artifacts fail verification is refused and the served one stays.
     pub async fn activate(&self, id: Uuid) -> Result<ModelRow, RegistryError> {
         let _guard = self.swap.lock().await;
-        let row = store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)?;
+        let row = store::get(&self.db, id)
+            .await?
+            .ok_or(RegistryError::NotFound)?;
         if !matches!(row.status.as_str(), "ready" | "active" | "retired") {
-            return Err(RegistryError::Conflict(format!("a version with status `{}` cannot be activated", row.status)));
+            return Err(RegistryError::Conflict(format!(
+                "a version with status `{}` cannot be activated",
+                row.status
+            )));
         }
         let loaded = match self.load(&row).await {
             Ok(l) => l,
@@ -335,23 +399,30 @@ impl Registry {
         self.swap_in(loaded);
         tracing::info!(model_id = %id, kind = %row.kind, scope = %row.scope, version = %row.version, previous = ?previous,
             "model version activated");
-        store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)
+        store::get(&self.db, id)
+            .await?
+            .ok_or(RegistryError::NotFound)
     }
 
     /// Retires a version that is not served.
     pub async fn retire(&self, id: Uuid) -> Result<ModelRow, RegistryError> {
         let _guard = self.swap.lock().await;
-        let row = store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)?;
+        let row = store::get(&self.db, id)
+            .await?
+            .ok_or(RegistryError::NotFound)?;
         match row.status.as_str() {
             "active" => {
                 return Err(RegistryError::Conflict(
-                    "this version is being served; activate another version of this kind first".into(),
+                    "this version is being served; activate another version of this kind first"
+                        .into(),
                 ));
             }
             "retired" => {}
             _ => store::set_status(&self.db, id, "retired").await?,
         }
-        store::get(&self.db, id).await?.ok_or(RegistryError::NotFound)
+        store::get(&self.db, id)
+            .await?
+            .ok_or(RegistryError::NotFound)
     }
 
     /// Brings the served versions in line with the database (start-up, and
@@ -361,7 +432,10 @@ impl Registry {
     pub async fn refresh(&self) -> Result<(), RegistryError> {
         let _guard = self.swap.lock().await;
         for row in store::all_active(&self.db).await? {
-            if self.active_in(&row.kind, &row.scope).is_some_and(|m| m.id == row.id) {
+            if self
+                .active_in(&row.kind, &row.scope)
+                .is_some_and(|m| m.id == row.id)
+            {
                 continue;
             }
             match self.load(&row).await {
@@ -401,78 +475,113 @@ impl Registry {
     /// folder. Returns the versions registered.
     pub async fn register_shipped(&self, shipped: &Path) -> Result<Vec<ModelRow>, RegistryError> {
         let mut out = vec![];
-        let Ok(entries) = std::fs::read_dir(shipped) else { return Ok(out) };
+        let Ok(entries) = std::fs::read_dir(shipped) else {
+            return Ok(out);
+        };
         let mut kinds: Vec<(ModelKind, PathBuf)> = entries
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir())
-            .filter_map(|e| ModelKind::parse(&e.file_name().to_string_lossy()).map(|k| (k, e.path())))
+            .filter_map(|e| {
+                ModelKind::parse(&e.file_name().to_string_lossy()).map(|k| (k, e.path()))
+            })
             .collect();
         kinds.sort_by_key(|(k, _)| k.as_str());
         for (kind, src) in kinds {
             if store::count_kind(&self.db, kind.as_str()).await? > 0 {
                 continue;
             }
-            let id = Uuid::now_v7();
-            let version = format!("shipped-{}", new_version(id));
-            let dir = self.dir.clone();
-            let (rel, files, config, metrics, vocab) = {
-                let version = version.clone();
-                tokio::task::spawn_blocking(move || register_shipped_blocking(&dir, &src, kind, &version))
-                    .await
-                    .map_err(anyhow::Error::from)??
-            };
-            let new = store::NewModel {
-                id,
-                kind: kind.as_str(),
-                version: &version,
-                config: &config,
-                metrics: &metrics,
-                val_score: None,
-                vocab: &vocab,
-                artifact_path: &rel,
-                files: &files,
-                source: "shipped",
-                job_id: None,
-                data_snapshot: None,
-                parent_id: None,
-            };
-            let row = match store::insert(&self.db, &new).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.discard(&rel);
-                    return Err(e.into());
-                }
-            };
-            tracing::info!(kind = kind.as_str(), %version, "registered the shipped model");
+            let row = self.register_folder(&src, kind, "shipped").await?;
+            tracing::info!(kind = kind.as_str(), version = %row.version, "registered the shipped model");
             out.push(self.activate(row.id).await?);
         }
         Ok(out)
+    }
+
+    /// Copies an artifact folder (checked against its `SHA256SUMS` when it
+    /// has one) to `<models>/<kind>/<source>-<time>-<id>/`, records its
+    /// checksums and registers it as a `ready` version with the given
+    /// source (`shipped` or `import`). It is not activated.
+    pub async fn register_folder(
+        &self,
+        src: &Path,
+        kind: ModelKind,
+        source: &str,
+    ) -> Result<ModelRow, RegistryError> {
+        let id = Uuid::now_v7();
+        let version = format!("{source}-{}", new_version(id));
+        let dir = self.dir.clone();
+        let (rel, files, config, metrics, vocab) = {
+            let (version, src) = (version.clone(), src.to_path_buf());
+            tokio::task::spawn_blocking(move || {
+                register_shipped_blocking(&dir, &src, kind, &version)
+            })
+            .await
+            .map_err(anyhow::Error::from)??
+        };
+        let new = store::NewModel {
+            id,
+            kind: kind.as_str(),
+            version: &version,
+            config: &config,
+            metrics: &metrics,
+            val_score: None,
+            vocab: &vocab,
+            artifact_path: &rel,
+            files: &files,
+            source,
+            job_id: None,
+            data_snapshot: None,
+            parent_id: None,
+        };
+        match store::insert(&self.db, &new).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                self.discard(&rel);
+                Err(e.into())
+            }
+        }
     }
 }
 
 type Shipped = (String, BTreeMap<String, String>, Value, Value, Value);
 
-fn register_shipped_blocking(dir: &Path, src: &Path, kind: ModelKind, version: &str) -> Result<Shipped, RegistryError> {
-    let integrity =
-        |problem: String| RegistryError::Integrity { kind: kind.as_str().into(), version: version.into(), problem };
+fn register_shipped_blocking(
+    dir: &Path,
+    src: &Path,
+    kind: ModelKind,
+    version: &str,
+) -> Result<Shipped, RegistryError> {
+    let integrity = |problem: String| RegistryError::Integrity {
+        kind: kind.as_str().into(),
+        version: version.into(),
+        problem,
+    };
     if let Ok(sums) = std::fs::read_to_string(src.join("SHA256SUMS")) {
         for line in sums.lines().filter(|l| !l.trim().is_empty()) {
             let (sum, name) = line
                 .split_once(char::is_whitespace)
                 .ok_or_else(|| integrity(format!("bad SHA256SUMS line `{line}`")))?;
             let name = name.trim_start().trim_start_matches('*');
-            let actual = sha256_file(&src.join(name)).map_err(|e| integrity(format!("{name}: {e}")))?;
+            let actual =
+                sha256_file(&src.join(name)).map_err(|e| integrity(format!("{name}: {e}")))?;
             if actual != sum {
-                return Err(integrity(format!("shipped file {name} has sha256 {actual}, SHA256SUMS says {sum}")));
+                return Err(integrity(format!(
+                    "shipped file {name} has sha256 {actual}, SHA256SUMS says {sum}"
+                )));
             }
         }
     }
     let read_json = |name: &str| -> Value {
-        std::fs::read(src.join(name)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
+        std::fs::read(src.join(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null)
     };
     let config = read_json("config.json");
     if config.is_null() {
-        return Err(integrity("the shipped folder has no valid config.json".into()));
+        return Err(integrity(
+            "the shipped folder has no valid config.json".into(),
+        ));
     }
     let metrics = match read_json("metrics.json") {
         Value::Null => serde_json::json!({}),
