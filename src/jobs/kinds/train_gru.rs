@@ -6,11 +6,11 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::train_micron::{TrainingJob, run_training};
+use super::train_micron::{TrainingJob, default_backend, default_seed, run_training, validate_training};
 use crate::{
     http::error::FieldError,
     jobs::{JobContext, JobKind, Outcome},
-    ml::{data::SPLIT_SEED, pipeline::ModelKind as PipelineModel},
+    ml::pipeline::ModelKind as PipelineModel,
     registry::ModelKind,
 };
 
@@ -36,12 +36,6 @@ pub struct TrainGruParams {
 fn default_epochs() -> u32 {
     20
 }
-fn default_backend() -> String {
-    "flex".into()
-}
-fn default_seed() -> u64 {
-    SPLIT_SEED
-}
 
 pub struct TrainGru;
 
@@ -58,17 +52,7 @@ impl JobKind for TrainGru {
         Some(ModelKind::Gru)
     }
     fn validate(&self, p: &TrainGruParams) -> Vec<FieldError> {
-        let mut errors = vec![];
-        if !(1..=500).contains(&p.epochs) {
-            errors.push(FieldError::new("/epochs", "must be from 1 to 500"));
-        }
-        if let Err(e) = p.backend.parse::<crate::ml::backend::BackendChoice>() {
-            errors.push(FieldError::new("/backend", e.to_string()));
-        }
-        if p.seed > u32::MAX as u64 {
-            errors.push(FieldError::new("/seed", "must be below 2^32 (splits use numpy's 32-bit seeding)"));
-        }
-        errors
+        validate_training(p.epochs, &p.backend, p.seed)
     }
 
     fn run(&self, p: TrainGruParams, ctx: &JobContext) -> anyhow::Result<Outcome> {

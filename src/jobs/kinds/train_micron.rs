@@ -44,10 +44,10 @@ fn default_epochs() -> u32 {
 fn default_recipe() -> String {
     "faithful".into()
 }
-fn default_backend() -> String {
+pub(crate) fn default_backend() -> String {
     "flex".into()
 }
-fn default_seed() -> u64 {
+pub(crate) fn default_seed() -> u64 {
     SPLIT_SEED
 }
 
@@ -66,18 +66,9 @@ impl JobKind for TrainMicron {
         Some(ModelKind::Micron)
     }
     fn validate(&self, p: &TrainMicronParams) -> Vec<FieldError> {
-        let mut errors = vec![];
-        if !(1..=500).contains(&p.epochs) {
-            errors.push(FieldError::new("/epochs", "must be from 1 to 500"));
-        }
+        let mut errors = validate_training(p.epochs, &p.backend, p.seed);
         if !matches!(p.recipe.as_str(), "faithful" | "minibatch") {
             errors.push(FieldError::new("/recipe", "must be `faithful` or `minibatch`"));
-        }
-        if let Err(e) = p.backend.parse::<crate::ml::backend::BackendChoice>() {
-            errors.push(FieldError::new("/backend", e.to_string()));
-        }
-        if p.seed > u32::MAX as u64 {
-            errors.push(FieldError::new("/seed", "must be below 2^32 (splits use numpy's 32-bit seeding)"));
         }
         errors
     }
@@ -89,6 +80,22 @@ impl JobKind for TrainMicron {
             TrainingJob { model: PipelineModel::Micron, epochs: p.epochs, recipe: p.recipe, backend: p.backend, seed: p.seed, params },
         )
     }
+}
+
+/// Checks the parameters MICRON and GRU training share: epochs 1 to 500, a
+/// backend of this build, a split seed below 2^32.
+pub(crate) fn validate_training(epochs: u32, backend: &str, seed: u64) -> Vec<FieldError> {
+    let mut errors = vec![];
+    if !(1..=500).contains(&epochs) {
+        errors.push(FieldError::new("/epochs", "must be from 1 to 500"));
+    }
+    if let Err(e) = backend.parse::<crate::ml::backend::BackendChoice>() {
+        errors.push(FieldError::new("/backend", e.to_string()));
+    }
+    if seed > u32::MAX as u64 {
+        errors.push(FieldError::new("/seed", "must be below 2^32 (splits use numpy's 32-bit seeding)"));
+    }
+    errors
 }
 
 /// What a training job asks of [`run_training`].
