@@ -41,7 +41,7 @@ use crate::{
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(upload_dataset, list_datasets))
-        .routes(routes!(get_dataset))
+        .routes(routes!(get_dataset, delete_dataset))
         .routes(routes!(list_density_models))
         .routes(routes!(get_density_model))
         .routes(routes!(score))
@@ -982,6 +982,31 @@ pub async fn list_datasets(
     let before = page.cursor(|s| s.parse::<Uuid>().ok())?;
     let rows = store::density::list(&state.db, before, limit + 1).await?;
     Ok(axum::Json(Page::from_rows(rows, limit, |r| encode_cursor(r.id), |r| dataset(r, None))))
+}
+
+/// Delete an uploaded dataset (admin).
+///
+/// Density versions trained on it keep serving (they hold their weights and
+/// training scores); a `train_density` job on it that is still queued or
+/// running makes this a 409 (cancel the job first).
+#[utoipa::path(delete, path = "/v1/density/datasets/{dataset_id}", tag = "density",
+    params(("dataset_id" = Uuid, Path, description = "Dataset id")),
+    responses((status = 204, description = "Deleted"),
+        (status = 404, description = "No such dataset", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A queued or running training job uses it", body = Problem, content_type = "application/problem+json")),
+    security(("api_key" = ["admin"])))]
+pub async fn delete_dataset(
+    State(state): State<AppState>,
+    _auth: Admin,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    match store::density::delete_unless_in_use(&state.db, id).await? {
+        store::density::Deleted::Yes => Ok(StatusCode::NO_CONTENT),
+        store::density::Deleted::Missing => Err(ApiError::NotFound("dataset".into())),
+        store::density::Deleted::InUse(job) => Err(ApiError::Conflict(format!(
+            "dataset {id} is the training data of job {job}, which is still queued or running; cancel it first"
+        ))),
+    }
 }
 
 /// Fetch a dataset with per-column statistics.

@@ -94,3 +94,39 @@ pub fn decode(data: &[u8], dim: usize) -> Vec<Vec<f64>> {
     let vals: Vec<f64> = data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64).collect();
     vals.chunks(dim.max(1)).map(|c| c.to_vec()).collect()
 }
+
+/// What [`delete_unless_in_use`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deleted {
+    Yes,
+    Missing,
+    /// A queued or running `train_density` job reads it.
+    InUse(Uuid),
+}
+
+/// Deletes a dataset unless a queued or running `train_density` job names
+/// it, in one transaction holding the dataset row (a job created at the same
+/// moment fails when it runs, saying the dataset does not exist).
+pub async fn delete_unless_in_use(db: &sqlx::PgPool, id: Uuid) -> sqlx::Result<Deleted> {
+    let mut tx = db.begin().await?;
+    let exists: Option<Uuid> = sqlx::query_scalar("SELECT id FROM density_datasets WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if exists.is_none() {
+        return Ok(Deleted::Missing);
+    }
+    let job: Option<Uuid> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE kind = 'train_density' AND status IN ('queued', 'running')
+           AND params->>'dataset_id' = $1::text LIMIT 1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(job) = job {
+        return Ok(Deleted::InUse(job));
+    }
+    sqlx::query("DELETE FROM density_datasets WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Deleted::Yes)
+}

@@ -565,3 +565,33 @@ async fn corrupted_visits_score_lower_than_held_out_visits(pool: PgPool) {
     assert!(aurocs[1].1 > 0.6 && aurocs[2].1 > 0.65, "{report}");
     assert!(aurocs[0].1 < aurocs[1].1 && aurocs[1].1 < aurocs[2].1, "more swapping, more separation: {report}");
 }
+
+#[sqlx::test]
+async fn datasets_are_deleted_unless_a_training_still_needs_them(pool: PgPool) {
+    let app = TestApp::new(pool).await;
+    let ds = upload(&app, "mixture", &mixture_rows(300, 3)).await;
+    let path = format!("/v1/density/datasets/{ds}");
+
+    // A queued training on it holds it.
+    let r = app
+        .admin_post("/v1/jobs", Some(json!({"kind": "train_density", "params": small(json!({"feature_space": "vectors", "dataset_id": ds}))})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let job = r.body["id"].as_str().unwrap().to_string();
+    let r = app.call(Method::DELETE, &path, Some(&app.admin), None).await;
+    r.assert_problem(409, "/problems/conflict");
+    assert!(r.body["detail"].as_str().unwrap().contains(&job), "{}", r.text);
+
+    // Once it has run, the dataset goes and the version keeps serving.
+    let done = app.worker("w").claim_and_run_one().await.unwrap().expect("a job ran");
+    assert_eq!(done.status, "succeeded", "error: {:?}", done.error);
+    let model = done.model_id.expect("a version").to_string();
+    let clinical = app.clinical.clone();
+    app.call(Method::DELETE, &path, Some(&clinical), None).await.assert_problem(403, "/problems/forbidden");
+    let r = app.call(Method::DELETE, &path, Some(&app.admin), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text);
+    app.admin_get(&path).await.assert_problem(404, "/problems/not-found");
+    app.call(Method::DELETE, &path, Some(&app.admin), None).await.assert_problem(404, "/problems/not-found");
+    let r = app.admin_post(&format!("/v1/density/models/{model}/score"), Some(json!({"vectors": [[0.0, 0.0]]}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+}
