@@ -38,11 +38,18 @@ async fn oversized_bodies_are_refused(pool: PgPool) {
 
 #[sqlx::test]
 async fn timeouts_are_problems(pool: PgPool) {
-    // A limit no database round trip can meet.
-    let app = TestApp::with_http(pool, HttpArgs { request_timeout_secs: 0.000_001, ..HttpArgs::default() }).await;
+    // The patients table is locked by another transaction, so listing
+    // patients waits past the limit (a tiny limit alone is not enough:
+    // timers tick in milliseconds, and a local round trip can be faster).
+    let app = TestApp::with_http(pool.clone(), HttpArgs { request_timeout_secs: 0.2, ..HttpArgs::default() }).await;
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE patients IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.unwrap();
     let r = app.get("/v1/patients").await;
-    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text);
     r.assert_problem(503, "/problems/timeout");
+    blocker.rollback().await.unwrap();
+    // The same request within the limit once the lock is gone.
+    assert_eq!(app.get("/v1/patients").await.status, StatusCode::OK);
 }
 
 #[sqlx::test]
