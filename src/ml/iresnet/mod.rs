@@ -40,6 +40,7 @@ pub use model::{IResNet, IResNetConfig, LogDetMode};
 pub use training::{EpochReport, LogDetMethod, NllSummary, TrainError, TrainEvent, TrainOutcome, TrainSettings, train};
 
 use crate::ml::backend::BackendChoice;
+use crate::ml::micron::{ArtifactError, io_err, read_json, write_json};
 
 pub const WEIGHTS_FILE: &str = "weights.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
@@ -100,35 +101,6 @@ pub struct DensityMeta {
     pub in_distribution_percentile: f64,
 }
 
-/// Errors reading or writing a density artifact.
-#[derive(Debug, thiserror::Error)]
-pub enum DensityArtifactError {
-    #[error("io error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
-    #[error("bad json in {path}: {msg}")]
-    Json { path: String, msg: String },
-    #[error("weights: {0}")]
-    Weights(String),
-    #[error("artifact mismatch: {0}")]
-    Mismatch(String),
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> DensityArtifactError + '_ {
-    move |source| DensityArtifactError::Io { path: path.display().to_string(), source }
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), DensityArtifactError> {
-    let s = serde_json::to_string_pretty(value)
-        .map_err(|e| DensityArtifactError::Json { path: path.display().to_string(), msg: e.to_string() })?;
-    std::fs::write(path, s).map_err(io_err(path))
-}
-
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, DensityArtifactError> {
-    let s = std::fs::read_to_string(path).map_err(io_err(path))?;
-    serde_json::from_str(&s)
-        .map_err(|e| DensityArtifactError::Json { path: path.display().to_string(), msg: e.to_string() })
-}
-
 /// Writes weights, config, meta and the training scores into `dir`.
 pub fn save(
     dir: &Path,
@@ -136,9 +108,9 @@ pub fn save(
     model: &IResNet,
     meta: &DensityMeta,
     scores: &ScoreDistribution,
-) -> Result<(), DensityArtifactError> {
+) -> Result<(), ArtifactError> {
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    model.save_safetensors(&dir.join(WEIGHTS_FILE)).map_err(DensityArtifactError::Weights)?;
+    model.save_safetensors(&dir.join(WEIGHTS_FILE)).map_err(ArtifactError::Weights)?;
     let cfg = dir.join(CONFIG_FILE);
     config.save(&cfg).map_err(io_err(&cfg))?;
     write_json(&dir.join(META_FILE), meta)?;
@@ -180,14 +152,14 @@ pub struct Score {
 
 impl LoadedDensity {
     /// Reads and checks an artifact written by [`save`].
-    pub fn load(dir: &Path) -> Result<Self, DensityArtifactError> {
+    pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
         let cfg_path = dir.join(CONFIG_FILE);
         let config = IResNetConfig::load(&cfg_path)
-            .map_err(|e| DensityArtifactError::Json { path: cfg_path.display().to_string(), msg: e.to_string() })?;
+            .map_err(|e| ArtifactError::Json { path: cfg_path.display().to_string(), msg: e.to_string() })?;
         let meta: DensityMeta = read_json(&dir.join(META_FILE))?;
         let scores = ScoreDistribution::new(read_json(&dir.join(SCORES_FILE))?);
         if meta.dim != config.dim {
-            return Err(DensityArtifactError::Mismatch(format!(
+            return Err(ArtifactError::Mismatch(format!(
                 "density.json says dimension {}, config.json {}",
                 meta.dim, config.dim
             )));
@@ -196,7 +168,7 @@ impl LoadedDensity {
         let model = config
             .init_raw(0, &device)
             .load_safetensors(&dir.join(WEIGHTS_FILE))
-            .map_err(DensityArtifactError::Weights)?;
+            .map_err(ArtifactError::Weights)?;
         let flow = model.to_flow();
         Ok(Self { config, meta, scores, flow })
     }

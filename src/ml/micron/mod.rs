@@ -52,17 +52,17 @@ pub struct MicronArtifact {
     pub weights: MicronWeights,
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
     move |source| ArtifactError::Io { path: path.display().to_string(), source }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ArtifactError> {
+pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ArtifactError> {
     let s = serde_json::to_string_pretty(value)
         .map_err(|e| ArtifactError::Json { path: path.display().to_string(), msg: e.to_string() })?;
     fs::write(path, s).map_err(io_err(path))
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ArtifactError> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ArtifactError> {
     let s = fs::read_to_string(path).map_err(io_err(path))?;
     serde_json::from_str(&s).map_err(|e| ArtifactError::Json { path: path.display().to_string(), msg: e.to_string() })
 }
