@@ -586,9 +586,7 @@ pub async fn predict_stored_locked(
             model_us += micros(tm);
             let new_state = to_row(&final_state, last_id, last_seq);
             if t == 1 {
-                let tq = Instant::now();
                 store::predictions::put_state(&mut *conn, patient_id, model.id, &new_state).await?;
-                let _ = micros(tq);
                 return Ok(Stored::FirstVisit);
             }
             let i = (t - 1) as usize;

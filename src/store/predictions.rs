@@ -131,30 +131,6 @@ pub async fn put_state_and_insert(
     .await
 }
 
-pub async fn insert(db: impl PgExecutor<'_>, p: &NewPrediction<'_>) -> sqlx::Result<DateTime<Utc>> {
-    sqlx::query_scalar(
-        "INSERT INTO predictions (id, patient_id, visit_id, model_id, model_version, api_key_id, previous_source,
-           previous, predicted, added, removed, kept, response, state_rebuilt)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) RETURNING created_at",
-    )
-    .bind(p.id)
-    .bind(p.patient_id)
-    .bind(p.visit_id)
-    .bind(p.model_id)
-    .bind(p.model_version)
-    .bind(p.api_key_id)
-    .bind(p.previous_source)
-    .bind(p.previous)
-    .bind(p.predicted)
-    .bind(p.added)
-    .bind(p.removed)
-    .bind(p.kept)
-    .bind(p.response)
-    .bind(p.state_rebuilt)
-    .fetch_one(db)
-    .await
-}
-
 /// A stored prediction with the visit it was made for and the patient's
 /// following visit (if any), for the audit view.
 #[derive(Debug, Clone, sqlx::FromRow)]
