@@ -10,14 +10,13 @@ use uuid::Uuid;
 
 use std::time::Instant;
 
-use super::copy_previous;
 use crate::{
     http::error::{ApiError, FieldError},
     jobs::{JobContext, JobKind, Outcome, Progress, SplitFile},
     ml::{
         backend::Device,
-        baselines::GruArtifact,
-        data::{Dataset, DdiMatrix, RawPatient, Vocabularies},
+        baselines::{GruArtifact, GruPredictor},
+        data::{Dataset, DdiMatrix, Patient, RawPatient, Vocabularies},
         metrics::{self, MetricOptions, PatientPrediction},
         micron::Thresholds,
     },
@@ -60,47 +59,57 @@ fn evaluable(kind: &str) -> bool {
 /// Patients per batch of model predictions (cancellation granularity).
 const BATCH: usize = 64;
 
-/// MICRON (at 0.8 / 0.2) or GRU predictions for `patients`, encoded with the
-/// model's vocabularies, batch by batch with progress and cancellation.
-fn model_predictions(
-    ctx: &JobContext,
-    model: &LoadedModel,
-    vocab: &Vocabularies,
-    patients: &[&RawPatient],
-) -> anyhow::Result<Vec<PatientPrediction>> {
-    let gru = if model.kind == ModelKind::Gru.as_str() {
-        Some(GruArtifact::load(&model.path, &Device::flex())?.predictor)
+/// The visits of `patients` whose medications are known (the others have
+/// nothing to score), encoded once with the model's vocabularies.
+fn encode_scored(vocab: &Vocabularies, patients: &[&RawPatient]) -> Vec<Patient> {
+    let raw: Vec<RawPatient> = patients
+        .iter()
+        .map(|p| RawPatient {
+            id: p.id.clone(),
+            visits: p.visits.iter().filter(|v| v.medications.is_some()).cloned().collect(),
+        })
+        .collect();
+    Dataset::encode(vocab.clone(), &raw).0.patients
+}
+
+/// Predictions of the version for `patients`, batch by batch with progress
+/// and cancellation: copy-previous, MICRON at 0.8 / 0.2, or the GRU.
+fn predictions(ctx: &JobContext, model: &LoadedModel, patients: &[Patient], n_med: usize) -> anyhow::Result<Vec<PatientPrediction>> {
+    enum Predictor {
+        CopyPrevious,
+        Micron(std::sync::Arc<crate::ml::micron::LoadedMicron>),
+        Gru(GruPredictor),
+    }
+    let predictor = if model.kind == ModelKind::Gru.as_str() {
+        Predictor::Gru(GruArtifact::load(&model.path, &Device::flex())?.predictor)
+    } else if let Some(m) = &model.micron {
+        Predictor::Micron(m.clone())
     } else {
-        None
+        Predictor::CopyPrevious
     };
-    let micron = model.micron.clone();
-    anyhow::ensure!(gru.is_some() || micron.is_some(), "version {} holds no weights to evaluate", model.version);
     let started = Instant::now();
     let total = patients.len().div_ceil(BATCH) as u64;
     let mut out = Vec::with_capacity(patients.len());
     for (step, batch) in patients.chunks(BATCH).enumerate() {
         ctx.checkpoint()?;
-        let raw: Vec<RawPatient> = batch
-            .iter()
-            .map(|p| RawPatient {
-                id: p.id.clone(),
-                // visits whose medications are unknown have nothing to score
-                visits: p.visits.iter().filter(|v| v.medications.is_some()).cloned().collect(),
-            })
-            .collect();
-        let (encoded, _unknown) = Dataset::encode(vocab.clone(), &raw);
-        let histories = encoded.patients.iter().map(|p| p.visits.as_slice());
-        match (&gru, &micron) {
-            (Some(gru), _) => out.extend(gru.predict_patients(histories)),
-            (None, Some(m)) => out.extend(m.predictor.predict_patients(histories, Thresholds::default())),
-            (None, None) => unreachable!(),
-        }
+        let histories = batch.iter().map(|p| p.visits.as_slice());
+        out.extend(match &predictor {
+            Predictor::CopyPrevious => copy_previous_of(batch, n_med),
+            Predictor::Micron(m) => m.predictor.predict_patients(histories, Thresholds::default()),
+            Predictor::Gru(g) => g.predict_patients(histories),
+        });
         let done = (step + 1) as u64;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         let rate = (done as usize * BATCH).min(patients.len()) as f64 / secs;
         ctx.progress(Progress::step(1, done).of(total).throughput(rate).eta(secs / done as f64 * (total - done) as f64));
     }
     Ok(out)
+}
+
+/// Copy-previous predictions, as the `train_copy_previous` job makes them.
+fn copy_previous_of(patients: &[Patient], n_med: usize) -> Vec<PatientPrediction> {
+    let meds: Vec<Vec<Vec<u32>>> = patients.iter().map(|p| p.visits.iter().map(|v| v.med.clone()).collect()).collect();
+    metrics::copy_previous(&meds, n_med)
 }
 
 impl JobKind for Evaluate {
@@ -158,16 +167,15 @@ impl JobKind for Evaluate {
         )));
         let pairs = ctx.load_ddi_pairs()?;
         let (ddi, _) = DdiMatrix::from_pairs(&pairs, &vocab.med);
-        let copy = copy_previous::predict(ctx, &vocab, &patients, 1)?;
-        let copy_metrics = metrics::evaluate(&copy, &ddi, MetricOptions::CLEAN);
-        let (metrics, quirk) = if model.kind == ModelKind::CopyPrevious.as_str() {
-            (copy_metrics, metrics::evaluate(&copy, &ddi, MetricOptions::REFERENCE))
+        let n_med = vocab.med.len();
+        let encoded = encode_scored(&vocab, &patients);
+        let predicted = predictions(ctx, &model, &encoded, n_med)?;
+        let metrics = metrics::evaluate(&predicted, &ddi, MetricOptions::CLEAN);
+        let quirk = metrics::evaluate(&predicted, &ddi, MetricOptions::REFERENCE);
+        let copy_metrics = if model.kind == ModelKind::CopyPrevious.as_str() {
+            metrics
         } else {
-            let predictions = model_predictions(ctx, &model, &vocab, &patients)?;
-            (
-                metrics::evaluate(&predictions, &ddi, MetricOptions::CLEAN),
-                metrics::evaluate(&predictions, &ddi, MetricOptions::REFERENCE),
-            )
+            metrics::evaluate(&copy_previous_of(&encoded, n_med), &ddi, MetricOptions::CLEAN)
         };
         ctx.progress(Progress::epoch(1, Some(1), json!({ "metrics": metrics })));
         Ok(Outcome::Result(json!({
