@@ -273,8 +273,8 @@ async fn train_cmd(global: &GlobalArgs, args: crate::config::TrainArgs) -> anyho
     })
     .await??;
     eprintln!("saved {}", out.display());
-    if let Some(eval) = result {
-        println!("{}", eval.table());
+    if let Some(trained) = result {
+        println!("{}", trained.test.table());
     }
     Ok(())
 }

@@ -483,8 +483,8 @@ fn gru_baseline_trains_saves_and_loads() {
         &mut |_| {},
         &|| false,
     );
-    let first = out.history[0].1;
-    let last = out.history.last().unwrap().1;
+    let first = out.history[0].train_loss;
+    let last = out.history.last().unwrap().train_loss;
     assert!(last < first, "loss {first} -> {last}");
     let art = GruArtifact {
         config: gcfg,

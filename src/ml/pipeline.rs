@@ -160,15 +160,24 @@ pub enum ModelKind {
     Gru,
 }
 
-/// Trains a model on `prep` and writes its artifact folder; returns the
-/// test evaluation. `on_event` receives MICRON step/epoch events (GRU
-/// reports epochs as `Epoch` events with its validation Jaccard).
+/// What [`train_and_save`] measured: the evaluations on the test and
+/// validation parts (written to `metrics.json` too) and the training record.
+#[derive(Clone, Debug)]
+pub struct Trained {
+    pub test: Evaluation,
+    pub val: Evaluation,
+    pub summary: TrainSummary,
+}
+
+/// Trains a model on `prep` and writes its artifact folder; returns what it
+/// measured, or `None` when cancelled. `on_event` receives step and epoch
+/// events (MICRON's and the GRU's alike).
 pub fn train_and_save(
     req: &TrainRequest,
     prep: &Prepared,
     on_event: &mut dyn FnMut(&TrainEvent),
     cancel: &dyn Fn() -> bool,
-) -> anyhow::Result<Option<Evaluation>> {
+) -> anyhow::Result<Option<Trained>> {
     let backend: super::backend::BackendChoice = req.backend.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
     let device = backend.device();
     let train_set = prep.part(&prep.split.train);
@@ -192,12 +201,12 @@ pub fn train_and_save(
             }
             let art = MicronArtifact::from_outcome(&outcome, prep.data.vocab.clone());
             art.save(&req.out, &device).with_context(|| format!("saving to {}", req.out.display()))?;
-            let eval = evaluate(Some(&art), None, prep, "test", false)?;
+            let test = evaluate(Some(&art), None, prep, "test", false)?;
             let val = evaluate(Some(&art), None, prep, "val", false)?;
             let mut summary = TrainSummary::from(&outcome);
-            summary.extra = Some(serde_json::json!({"test": eval, "val": val, "train_config": cfg}));
+            summary.extra = Some(serde_json::json!({"test": test, "val": val, "train_config": cfg}));
             save_training_record(&req.out, &summary, Some(&prep.split))?;
-            Ok(Some(eval))
+            Ok(Some(Trained { test, val, summary }))
         }
         ModelKind::Gru => {
             let config = GruBaselineConfig::new(nd, np, nm);
@@ -208,27 +217,16 @@ pub fn train_and_save(
             }
             let art = GruArtifact { config, vocab: prep.data.vocab.clone(), predictor: GruPredictor { model: outcome.model, threshold: cfg.threshold } };
             art.save(&req.out).with_context(|| format!("saving to {}", req.out.display()))?;
-            let eval = evaluate(None, Some(&art.predictor), prep, "test", false)?;
+            let test = evaluate(None, Some(&art.predictor), prep, "test", false)?;
             let val = evaluate(None, Some(&art.predictor), prep, "val", false)?;
             let summary = TrainSummary {
                 best_epoch: outcome.best_epoch,
-                history: outcome
-                    .history
-                    .iter()
-                    .map(|&(epoch, train_loss, val_jaccard, secs)| super::micron::EpochReport {
-                        epoch,
-                        train_loss,
-                        val_jaccard,
-                        train_seconds: secs,
-                        val_seconds: 0.0,
-                        steps: 0,
-                    })
-                    .collect(),
+                history: outcome.history,
                 cancelled: false,
-                extra: Some(serde_json::json!({"test": eval, "val": val, "train_config": cfg})),
+                extra: Some(serde_json::json!({"test": test, "val": val, "train_config": cfg})),
             };
             save_training_record(&req.out, &summary, Some(&prep.split))?;
-            Ok(Some(eval))
+            Ok(Some(Trained { test, val, summary }))
         }
     }
 }

@@ -34,7 +34,8 @@ async fn micron_trained_on_stored_visits_beats_copy_previous(pool: PgPool) {
             }
         }, &|| false)
         .unwrap()
-        .expect("not cancelled");
+        .expect("not cancelled")
+        .test;
         assert_eq!(epochs, 15);
         (eval, prep.split.clone())
     })

@@ -154,20 +154,15 @@ pub(crate) fn run_training(ctx: &JobContext, job: TrainingJob) -> anyhow::Result
         )),
     };
     let cancel = || ctx.is_cancelled();
-    let Some(test) = pipeline::train_and_save(&req, &prep, &mut on_event, &cancel)? else {
+    let Some(trained) = pipeline::train_and_save(&req, &prep, &mut on_event, &cancel)? else {
         anyhow::bail!("training was cancelled");
     };
-    let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(ctx.artifact_dir().join("metrics.json"))?)?;
-    // rows are [name, metrics without the quirk, with it]
     let row_name = match job.model {
         PipelineModel::Micron => pipeline::MICRON_ROW,
         PipelineModel::Gru => pipeline::GRU_ROW,
     };
-    let val_jaccard = summary["extra"]["val"]["rows"]
-        .as_array()
-        .and_then(|rows| rows.iter().find(|r| r[0] == row_name))
-        .and_then(|r| r[1]["jaccard"].as_f64());
+    // rows are (name, metrics without the quirk, with it)
+    let val_jaccard = trained.val.rows.iter().find(|(name, _, _)| name == row_name).map(|(_, m, _)| m.jaccard);
     ctx.write_json("split.json", &data.split_file(&split))?;
     let config = json!({
         "model": model_name,
@@ -176,7 +171,12 @@ pub(crate) fn run_training(ctx: &JobContext, job: TrainingJob) -> anyhow::Result
         "ddi_pairs": pairs.len(),
         "unknown_codes": prep.unknown.total(),
     });
-    let metrics = json!({"val": summary["extra"]["val"], "test": test, "history": summary["history"], "best_epoch": summary["best_epoch"]});
+    let metrics = json!({
+        "val": trained.val,
+        "test": trained.test,
+        "history": trained.summary.history,
+        "best_epoch": trained.summary.best_epoch,
+    });
     Ok(Outcome::Version(NewVersion {
         kind,
         config,

@@ -126,8 +126,7 @@ impl Default for GruTrainConfig {
 pub struct GruTrainOutcome {
     pub model: GruBaseline,
     pub best_epoch: Option<usize>,
-    /// (epoch, mean train loss, validation Jaccard, seconds)
-    pub history: Vec<(usize, f64, f64, f64)>,
+    pub history: Vec<EpochReport>,
     pub cancelled: bool,
 }
 
@@ -201,12 +200,12 @@ pub fn train_gru(
         );
         let train_loss = if steps == 0 { 0.0 } else { loss_sum / steps as f64 };
         let train_seconds = tic.elapsed().as_secs_f64();
-        history.push((epoch, train_loss, val_j, train_seconds));
         if best.as_ref().is_none_or(|b| val_j > b.1) {
             best = Some((epoch, val_j, valid));
         }
         let report = EpochReport { epoch, train_loss, val_jaccard: val_j, train_seconds, val_seconds: 0.0, steps };
-        on_event(&TrainEvent::Epoch { report, best_epoch: best.as_ref().map(|b| b.0) });
+        on_event(&TrainEvent::Epoch { report: report.clone(), best_epoch: best.as_ref().map(|b| b.0) });
+        history.push(report);
     }
     let (best_epoch, model) = match best {
         Some((e, _, m)) => (Some(e), m),
