@@ -300,27 +300,12 @@ async fn datasets_are_validated_whole_and_stored_once(pool: PgPool) {
 /// Visits with random codes of the test MICRON vocabulary (D0..D29, X0..X11).
 async fn seed_visits(app: &TestApp, patients: usize, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
-    for p in 0..patients {
-        let mut tx = app.pool.begin().await.unwrap();
-        let row = store::patients::insert(&mut *tx, "seed", &format!("D{p}-{}", Uuid::now_v7())).await.unwrap();
-        for v in 0..3 {
-            let diag: Vec<String> =
-                (0..rng.random_range(2..5)).map(|_| format!("D{}", rng.random_range(0..30))).collect();
-            let proc: Vec<String> =
-                (0..rng.random_range(0..3)).map(|_| format!("X{}", rng.random_range(0..12))).collect();
-            let meds = vec![format!("M{}", rng.random_range(0..20))];
-            let t = chrono::DateTime::<chrono::Utc>::from_timestamp(1_700_000_000 + v * 86_400, 0).unwrap();
-            let new = store::visits::NewVisit {
-                occurred_at: Some(t),
-                diagnoses: &diag,
-                procedures: &proc,
-                medications: Some(&meds),
-                source: None,
-            };
-            store::visits::insert_locked(&mut tx, row.id, &new).await.unwrap();
-        }
-        tx.commit().await.unwrap();
-    }
+    app.seed_visits_with(patients, 3, |_, _| {
+        let diag = (0..rng.random_range(2..5)).map(|_| format!("D{}", rng.random_range(0..30))).collect();
+        let proc = (0..rng.random_range(0..3)).map(|_| format!("X{}", rng.random_range(0..12))).collect();
+        (diag, proc, vec![format!("M{}", rng.random_range(0..20))])
+    })
+    .await
 }
 
 #[sqlx::test]

@@ -120,13 +120,30 @@ impl TestApp {
     /// Stores `patients` patients with `visits` visits each (medications
     /// known), straight through the store.
     pub async fn seed_visits(&self, patients: usize, visits: usize) {
+        self.seed_visits_with(patients, visits, |p, v| {
+            (
+                vec![format!("D{}", (p + v) % 7), format!("D{}", v % 3)],
+                vec![format!("X{}", p % 4)],
+                vec![format!("M{}", (p + v) % 5), format!("M{}", p % 3 + 5)],
+            )
+        })
+        .await
+    }
+
+    /// Stores `patients` patients (source `seed`) with `visits` visits a day
+    /// apart, whose (diagnoses, procedures, medications) `codes(patient,
+    /// visit)` gives, one transaction per patient.
+    pub async fn seed_visits_with(
+        &self,
+        patients: usize,
+        visits: usize,
+        mut codes: impl FnMut(usize, usize) -> (Vec<String>, Vec<String>, Vec<String>),
+    ) {
         for p in 0..patients {
             let mut tx = self.pool.begin().await.unwrap();
             let row = store::patients::insert(&mut *tx, "seed", &format!("P{p}-{}", uuid::Uuid::new_v4())).await.unwrap();
             for v in 0..visits {
-                let diag = vec![format!("D{}", (p + v) % 7), format!("D{}", v % 3)];
-                let proc = vec![format!("X{}", p % 4)];
-                let meds = vec![format!("M{}", (p + v) % 5), format!("M{}", p % 3 + 5)];
+                let (diag, proc, meds) = codes(p, v);
                 let t = chrono::DateTime::<chrono::Utc>::from_timestamp(1_700_000_000 + (v as i64) * 86_400, 0).unwrap();
                 let new = store::visits::NewVisit {
                     occurred_at: Some(t),

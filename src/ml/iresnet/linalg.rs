@@ -179,28 +179,18 @@ pub fn symmetric_eigenvalues(a: &[f64], n: usize) -> Vec<f64> {
 /// eigenvalues of the smaller Gram matrix (an SVD in all but name).
 pub fn largest_singular_value(w: &[f64], rows: usize, cols: usize) -> f64 {
     assert_eq!(w.len(), rows * cols);
-    let (n, gram) = if rows <= cols {
-        // W W^T, rows x rows
-        let mut g = vec![0.0; rows * rows];
-        for i in 0..rows {
-            for j in i..rows {
-                let s: f64 = (0..cols).map(|k| w[i * cols + k] * w[j * cols + k]).sum();
-                g[i * rows + j] = s;
-                g[j * rows + i] = s;
-            }
+    // The smaller Gram matrix: W W^T (rows x rows) or W^T W (cols x cols).
+    let wide = rows <= cols;
+    let (n, inner) = if wide { (rows, cols) } else { (cols, rows) };
+    let at = |i: usize, k: usize| if wide { w[i * cols + k] } else { w[k * cols + i] };
+    let mut gram = vec![0.0; n * n];
+    for i in 0..n {
+        for j in i..n {
+            let s: f64 = (0..inner).map(|k| at(i, k) * at(j, k)).sum();
+            gram[i * n + j] = s;
+            gram[j * n + i] = s;
         }
-        (rows, g)
-    } else {
-        let mut g = vec![0.0; cols * cols];
-        for i in 0..cols {
-            for j in i..cols {
-                let s: f64 = (0..rows).map(|k| w[k * cols + i] * w[k * cols + j]).sum();
-                g[i * cols + j] = s;
-                g[j * cols + i] = s;
-            }
-        }
-        (cols, g)
-    };
+    }
     symmetric_eigenvalues(&gram, n).into_iter().fold(0.0f64, f64::max).max(0.0).sqrt()
 }
 
